@@ -1,0 +1,68 @@
+"""Helpers shared by the subcommands: argument types, opening runs and their data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, metavar="RUN", help="a run directory written by 'vaekit train'")
+
+
+def add_out(parser: argparse.ArgumentParser, default_name: str) -> None:
+    parser.add_argument("--out", type=Path, default=None, help=f"PNG file to write (default: RUN/{default_name})")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def open_run(run: Path, device: str = "cpu"):
+    """(RunConfig, model in eval mode)."""
+    from vaekit.run import load, read_run_config
+
+    cfg = read_run_config(run)
+    return cfg, load(run, device=_check_device(device))
+
+
+def run_data(cfg):
+    """The run's data splits, rebuilt from its saved data config."""
+    from vaekit.data import load_data
+
+    return load_data(cfg.data, saved=cfg.data_info)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    from vaekit.errors import VaekitError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VaekitError(f"unknown device '{device}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VaekitError(f"device '{device}' requested but CUDA is not available")
+    return device
+
+
+def output_path(args: argparse.Namespace, default_name: str) -> Path:
+    return args.out if args.out is not None else args.run / default_name

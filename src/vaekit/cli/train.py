@@ -1,0 +1,209 @@
+"""``vaekit train``: settings come from defaults < --preset < --config FILE.json < flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vaekit.cli.common import int_list, positive_int
+from vaekit.cli.main import Command, command
+from vaekit.errors import VaekitError
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option: where its value goes (section 'model', 'data' or 'training', and the field)."""
+
+    name: str
+    section: str
+    field: str
+    type: Any = str
+    help: str = ""
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+
+FLAGS = [
+    Flag("--latent-dim", "model", "latent_dim", positive_int, "latent size", "N"),
+    Flag("--hidden", "model", "hidden", int_list, "mlp hidden sizes, e.g. 400 or 512,256", "N,..."),
+    Flag("--channels", "model", "channels", int_list, "conv channels per stride-2 stage, e.g. 32,64", "C,..."),
+    Flag("--activation", "model", "activation", str, "mlp activation: relu, silu, gelu, tanh, elu"),
+    Flag("--likelihood", "model", "likelihood", str,
+         "bernoulli, gaussian or mse (default: bernoulli for data in [0, 1], else gaussian)"),
+    Flag("--test-data", "data", "test_spec", str, "test data, same forms as --data (default: the source's own "
+         "test split, else a seeded split)", "SPEC"),
+    Flag("--val-fraction", "data", "val_fraction", float, "fraction of training data held out for validation "
+         "(default 0.1; 0 disables)", "F"),
+    Flag("--resolution", "data", "resolution", positive_int, "image folders: resize and centre-crop to N x N", "N"),
+    Flag("--color", "data", "color", str, "image folders: auto, grey or rgb"),
+    Flag("--binarize", "data", "binarize", str, "none, static (once, seeded) or dynamic (every batch); held-out "
+         "data is binarised once with a fixed seed"),
+    Flag("--label-column", "data", "label_column", str, "CSV: the column holding class labels", "NAME"),
+    Flag("--limit", "data", "limit", positive_int, "use only the first N training examples", "N"),
+    Flag("--epochs", "training", "epochs", positive_int, "epochs (default 10)", "E"),
+    Flag("--batch-size", "training", "batch_size", positive_int, "batch size (default 128)", "B"),
+    Flag("--lr", "training", "lr", float, "Adam learning rate (default 1e-3)"),
+    Flag("--seed", "training", "seed", int, "random seed (default 0)", "S"),
+    Flag("--beta", "training", "beta", float, "KL weight (beta-VAE; default 1)", "B"),
+    Flag("--warmup-epochs", "training", "warmup_epochs", float, "linear KL warm-up over W epochs", "W"),
+    Flag("--kl-schedule", "training", "kl_schedule", str, "constant, linear or cyclical (Fu et al. 2019)"),
+    Flag("--cycles", "training", "cycles", positive_int, "cyclical schedule: number of cycles (default 4)", "M"),
+    Flag("--free-bits", "training", "free_bits", float, "free bits: at least L nats of KL per latent unit", "L"),
+    Flag("--precision", "training", "precision", str, "fp32 or bf16 (autocast)"),
+    Flag("--device", "training", "device", str, "cpu, cuda or cuda:N"),
+    Flag("--grad-clip", "training", "grad_clip", float, "clip the gradient norm (0: off)", "G"),
+    Flag("--checkpoint-every", "training", "checkpoint_every", positive_int, "also checkpoint every N steps", "N"),
+]
+CONFIG_SECTIONS = ("model", "data", "training")
+CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
+
+
+@command("train")
+class TrainCommand(Command):
+    help = "train a VAE on a dataset, writing a run directory"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", help="digits | fashion-mnist[:DIR] | mnist[:DIR] | a directory of images | "
+                       "FILE.npy | FILE.npz | FILE.csv", metavar="SPEC")
+        p.add_argument("--out", type=Path, required=True, help="run directory to write", metavar="RUN")
+        p.add_argument("--model", help="mlp (default) or conv")
+        p.add_argument("--preset", help="a named configuration, e.g. pytorch-example")
+        p.add_argument("--conditional", action="store_true", default=None, help="condition on class labels (CVAE)")
+        p.add_argument("--sigma", help="gaussian likelihood: learned (default), per-dim, or a fixed value")
+        p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable image files")
+        for f in FLAGS:
+            p.add_argument(f.name, type=f.type, default=None, help=f.help, metavar=f.metavar)
+        p.add_argument("--config", type=Path, help="JSON with 'model', 'data' and 'training' sections (a run's "
+                       "config.json works)", metavar="FILE.json")
+        p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run in RUN")
+        p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        progress = False if args.quiet else None
+        if args.resume:
+            return self._resume(args, log, progress)
+        from vaekit.data import DataConfig
+        from vaekit.training.api import train
+        from vaekit.training.config import TrainConfig
+
+        model, sections, conditional = self._settings(args)
+        if "spec" not in sections["data"]:
+            raise VaekitError("--data is required (e.g. --data digits)")
+        from vaekit.config import from_dict
+
+        data_cfg = from_dict(DataConfig, sections["data"], "data settings")
+        train_cfg = from_dict(TrainConfig, sections["training"], "training settings")
+        _, _history = train(args.out, model=model, model_overrides=sections["model"], conditional=conditional,
+                           data=data_cfg, training=train_cfg, overwrite=args.overwrite, progress=progress, log=log)
+        log(f"wrote {args.out} (model.safetensors, config.json, metrics.jsonl)")
+        return 0
+
+    def _settings(self, args: argparse.Namespace) -> tuple[str, dict[str, dict], bool]:
+        from vaekit.models import PRESETS
+
+        sections: dict[str, dict] = {s: {} for s in CONFIG_SECTIONS}
+        model = "mlp"
+        conditional = False
+        if args.preset is not None:
+            preset = PRESETS.get(args.preset)
+            model = preset["model"]
+            sections["model"].update(preset["model_config"])
+            sections["training"].update(preset.get("training", {}))
+        if args.config is not None:
+            file_model, file_sections = read_config_file(args.config)
+            model = file_model or model
+            for name in CONFIG_SECTIONS:
+                sections[name].update(file_sections.get(name, {}))
+            conditional = sections["model"].pop("num_classes", 0) > 0
+            sections["model"].pop("data_shape", None)
+        if args.model is not None:
+            model = args.model
+        if args.conditional:
+            conditional = True
+        if args.data is not None:
+            sections["data"]["spec"] = args.data
+        if args.skip_bad:
+            sections["data"]["skip_bad"] = True
+        if args.sigma is not None:
+            sections["model"].update(parse_sigma(args.sigma))
+        for f in FLAGS:
+            value = getattr(args, f.dest)
+            if value is not None:
+                sections[f.section][f.field] = value
+        return model, sections, conditional
+
+    def _resume(self, args: argparse.Namespace, log, progress) -> int:
+        from vaekit.training.api import resume
+
+        given = [f.name for f in FLAGS if getattr(args, f.dest) is not None and f.name != "--epochs"]
+        given += [name for name, value in (("--data", args.data), ("--model", args.model), ("--preset", args.preset),
+                  ("--config", args.config), ("--sigma", args.sigma), ("--conditional", args.conditional),
+                  ("--skip-bad", args.skip_bad)) if value is not None]
+        if args.overwrite:
+            given.append("--overwrite")
+        if given:
+            raise VaekitError(f"--resume continues {args.out} with its saved settings; drop {', '.join(given)} "
+                              "(only --epochs may change)")
+        resume(args.out, epochs=args.epochs, progress=progress, log=log)
+        log(f"resumed and finished {args.out}")
+        return 0
+
+
+def parse_sigma(text: str) -> dict[str, Any]:
+    if text in ("learned", "per-dim"):
+        return {"sigma_mode": text}
+    try:
+        value = float(text)
+    except ValueError:
+        raise VaekitError(f"--sigma must be 'learned', 'per-dim' or a positive number, got {text!r}") from None
+    if value <= 0:
+        raise VaekitError(f"--sigma must be positive, got {value}")
+    return {"sigma_mode": "fixed", "sigma": value}
+
+
+def read_config_file(path: Path) -> tuple[str | None, dict[str, dict]]:
+    """A --config JSON: optional '_class_name' (or 'model_name'), and 'model', 'data', 'training'
+    sections whose keys must be real fields."""
+    from vaekit.data import DataConfig
+    from vaekit.io import read_json
+    from vaekit.models import MODELS, model_class
+    from vaekit.registry import suggest
+    from vaekit.training.config import TrainConfig
+
+    if not path.is_file():
+        raise VaekitError(f"{path}: no such file")
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise VaekitError(f"{path}: expected a JSON object")
+    for key in doc:
+        if key not in CONFIG_SECTIONS and key not in CONFIG_META and key != "model_name":
+            raise VaekitError(f"{path}: unknown key '{key}'{suggest(key, (*CONFIG_SECTIONS, 'model_name'))}")
+    model = None
+    if "model_name" in doc:
+        model = doc["model_name"]
+        cls = MODELS.get(model)
+    elif "_class_name" in doc:
+        cls = model_class(doc["_class_name"])
+        model = cls.name
+    else:
+        cls = MODELS.get("mlp")
+    known = {"model": cls.config_class, "data": DataConfig, "training": TrainConfig}
+    sections: dict[str, dict] = {}
+    for name, dc in known.items():
+        section = doc.get(name, {})
+        if not isinstance(section, dict):
+            raise VaekitError(f"{path}: '{name}' must be an object")
+        names = {f.name for f in fields(dc)}
+        for key in section:
+            if key not in names:
+                raise VaekitError(f"{path}: {name}: unknown key '{key}'{suggest(key, names)}")
+        sections[name] = dict(section)
+    return model, sections

@@ -1,0 +1,237 @@
+"""Data: read any accepted source, check it, split it and hold it in memory as one tensor.
+
+Batches are taken by index from that tensor (``ArrayData.batch``), so the hot path does no
+per-example Python work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.config import check
+from vaekit.data.sources import DATASETS, RawData, ReadOptions, read_source
+from vaekit.errors import VaekitError
+
+__all__ = ["DATASETS", "ArrayData", "DataConfig", "DataInfo", "DataSplits", "load_data"]
+
+COLORS = ("auto", "grey", "rgb")
+BINARIZE = ("none", "static", "dynamic")
+EVAL_BINARIZE_SEED = 20_140_101  # held-out data is binarised once, with this fixed seed
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "digits"
+    test_spec: str | None = None
+    val_fraction: float = 0.1  # of the training data, held out for per-epoch validation
+    test_fraction: float = 0.1  # used only when the source has no test split and no --test-data
+    split_seed: int = 0
+    resolution: int | None = None
+    color: str = "auto"  # auto | grey | rgb
+    binarize: str = "none"  # none | static (once, seeded) | dynamic (resampled every batch)
+    skip_bad: bool = False
+    label_column: str | None = None  # CSV: the column that holds class labels
+    limit: int | None = None  # keep only the first N training examples
+
+    def __post_init__(self) -> None:
+        check(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check(0 < self.test_fraction < 1, f"test fraction must be in (0, 1), got {self.test_fraction}")
+        check(self.resolution is None or self.resolution >= 1, f"--resolution must be >= 1, got {self.resolution}")
+        check(self.color in COLORS, f"unknown color mode '{self.color}' (choose from: {', '.join(COLORS)})")
+        check(self.binarize in BINARIZE, f"unknown --binarize '{self.binarize}' (choose from: {', '.join(BINARIZE)})")
+        check(self.limit is None or self.limit >= 1, f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the loader found; saved with the run so that later commands rebuild the same data."""
+
+    kind: str = "image"  # image | vector
+    shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    value_range: tuple[float, float] = (0.0, 1.0)
+    standardize_mean: tuple[float, ...] = ()  # vector data from CSV: per-column statistics of the
+    standardize_std: tuple[float, ...] = ()  # training split, applied to every split
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    test_source: str = "split"  # split | own | file
+    skipped_files: int = 0
+    source: str = ""
+
+    @property
+    def dims(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class ArrayData:
+    """Examples as one tensor x [N, *shape] (float32) and optional labels y [N] (int64)."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.x.index_select(0, index), None if self.y is None else self.y.index_select(0, index)
+
+    def take(self, n: int) -> ArrayData:
+        return ArrayData(self.x[:n], None if self.y is None else self.y[:n])
+
+
+@dataclass
+class DataSplits:
+    train: ArrayData
+    val: ArrayData | None
+    test: ArrayData
+    info: DataInfo
+    binarize: str = "none"
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> ArrayData:
+        data = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if data is None or len(data) == 0:
+            raise VaekitError(f"this run has no '{name}' split (it was trained with --val-fraction 0)")
+        return data
+
+
+def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
+    """Read, check, split and scale the data described by ``cfg``.
+
+    ``saved`` is the DataInfo of an existing run: its standardisation statistics are reused and
+    the data must still have the shape the run was trained on.
+    """
+    opts = ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column)
+    raw = read_source(cfg.spec, opts)
+    x, y = raw.x, raw.y
+    check_finite(x, raw.source)
+    if cfg.test_spec is not None:
+        test_raw = read_source(cfg.test_spec, opts)
+        x_test, y_test, test_source = test_raw.x, test_raw.y, "file"
+        check_finite(x_test, test_raw.source)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise VaekitError(f"train data ({cfg.spec}) has examples of shape {tuple(x.shape[1:])} but test data "
+                              f"({cfg.test_spec}) has {tuple(x_test.shape[1:])}")
+    elif raw.x_test is not None:
+        x_test, y_test, test_source = raw.x_test, raw.y_test, "own"
+        check_finite(x_test, raw.source + " (test)")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise VaekitError(f"{raw.source}: test examples have shape {tuple(x_test.shape[1:])}, "
+                              f"train examples {tuple(x.shape[1:])}")
+    else:
+        x_test = y_test = None
+        test_source = "split"
+
+    rng = np.random.default_rng(cfg.split_seed)
+    if x_test is None:
+        perm = rng.permutation(len(x))
+        n_test = max(1, round(cfg.test_fraction * len(x)))
+        if len(x) - n_test < 2:
+            raise VaekitError(f"{raw.source}: {len(x)} examples are too few to split into train and test")
+        test_idx, perm = perm[:n_test], perm[n_test:]
+        x_test, y_test = x[test_idx], None if y is None else y[test_idx]
+        x, y = x[perm], None if y is None else y[perm]
+    n_val = round(cfg.val_fraction * len(x))
+    if n_val:
+        perm = rng.permutation(len(x))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        x_val, y_val = x[val_idx], None if y is None else y[val_idx]
+        x, y = x[train_idx], None if y is None else y[train_idx]
+    else:
+        x_val = y_val = None
+    if cfg.limit is not None:
+        x, y = x[: cfg.limit], None if y is None else y[: cfg.limit]
+
+    scale = _scaler(raw, x, saved)
+    if saved is not None and saved.shape and tuple(x.shape[1:]) != tuple(saved.shape):
+        raise VaekitError(f"{cfg.spec}: examples now have shape {tuple(x.shape[1:])}, but the run was trained on "
+                          f"{tuple(saved.shape)}")
+    labels = [a for a in (y, y_val, y_test) if a is not None]
+    num_classes = int(max(a.max() for a in labels)) + 1 if labels and y is not None else 0
+    if saved is not None:
+        num_classes = saved.num_classes
+    class_names = raw.class_names or tuple(str(i) for i in range(num_classes))
+
+    train = ArrayData(scale(x), _tensor_labels(y if num_classes else None))
+    val = ArrayData(scale(x_val), _tensor_labels(y_val if num_classes else None)) if x_val is not None else None
+    test = ArrayData(scale(x_test), _tensor_labels(y_test if num_classes and y_test is not None else None))
+    lo, hi = float(train.x.min()), float(train.x.max())
+
+    if cfg.binarize != "none":
+        if lo < 0 or hi > 1:
+            raise VaekitError(f"--binarize needs data in [0, 1]; {raw.source} has values in [{lo:.3g}, {hi:.3g}]")
+        g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
+        for held_out in (val, test):
+            if held_out is not None:
+                held_out.x = torch.bernoulli(held_out.x, generator=g)
+        if cfg.binarize == "static":
+            train.x = torch.bernoulli(train.x, generator=torch.Generator().manual_seed(cfg.split_seed))
+
+    info = DataInfo(
+        kind=raw.kind,
+        shape=tuple(int(s) for s in train.x.shape[1:]),
+        num_classes=num_classes,
+        class_names=tuple(class_names[:num_classes]) if num_classes else (),
+        feature_names=raw.feature_names,
+        value_range=(lo, hi),
+        standardize_mean=scale.mean,
+        standardize_std=scale.std,
+        n_train=len(train),
+        n_val=0 if val is None else len(val),
+        n_test=len(test),
+        test_source=test_source,
+        skipped_files=raw.skipped,
+        source=raw.source,
+    )
+    notes = [f"skipped {raw.skipped} unreadable image file(s)"] if raw.skipped else []
+    return DataSplits(train, val, test, info, cfg.binarize, notes)
+
+
+def check_finite(x: np.ndarray, source: str) -> None:
+    if np.issubdtype(x.dtype, np.floating):
+        flat = x.reshape(len(x), -1)
+        bad = ~np.isfinite(flat).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            kind = "NaN" if np.isnan(flat[row]).any() else "Inf"
+            raise VaekitError(f"{source}: row {row} contains {kind}")
+
+
+class _Scaler:
+    """uint8 -> [0, 1]; CSV columns -> standardised; other floats unchanged."""
+
+    def __init__(self, mean: tuple[float, ...] = (), std: tuple[float, ...] = (), divide: float = 1.0):
+        self.mean, self.std, self.divide = mean, std, divide
+
+    def __call__(self, a: np.ndarray) -> Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a)).float()
+        if self.divide != 1.0:
+            t = t / self.divide
+        if self.mean:
+            t = (t - torch.tensor(self.mean)) / torch.tensor(self.std)
+        return t.contiguous()
+
+
+def _scaler(raw: RawData, x_train: np.ndarray, saved: DataInfo | None) -> _Scaler:
+    if raw.x.dtype == np.uint8:
+        return _Scaler(divide=255.0)
+    if raw.feature_names:  # CSV
+        if saved is not None and saved.standardize_mean:
+            return _Scaler(saved.standardize_mean, saved.standardize_std)
+        mean = x_train.astype(np.float64).mean(0)
+        std = x_train.astype(np.float64).std(0)
+        std[std == 0] = 1.0  # a constant column stays constant (zero) instead of dividing by zero
+        return _Scaler(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    return _Scaler()
+
+
+def _tensor_labels(y: np.ndarray | None) -> Tensor | None:
+    return None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -1,0 +1,182 @@
+"""Distributions with explicit event dimensions.
+
+Every distribution here has a batch shape and an event shape; ``log_prob``, ``kl`` and
+``entropy`` sum over the event dimensions and keep the rest, so for a posterior over latents of
+shape [B, D] (or [B, C, H, W]) they return [B], and for samples of shape [K, B, ...] they return
+[K, B]. All densities include their normalising constants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_event(t: Tensor, event_ndim: int) -> Tensor:
+    return t.sum(dim=tuple(range(-event_ndim, 0))) if event_ndim else t
+
+
+def _noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+class DiagonalGaussian:
+    """N(mean, diag(exp(logvar))), the posterior q(z|x) of Kingma & Welling (2014).
+
+    ``event_ndim`` defaults to all but the first dimension of ``mean``.
+    """
+
+    def __init__(self, mean: Tensor, logvar: Tensor, event_ndim: int | None = None) -> None:
+        self.mean = mean
+        self.logvar = logvar
+        self.event_ndim = mean.dim() - 1 if event_ndim is None else event_ndim
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def var(self) -> Tensor:
+        return torch.exp(self.logvar)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self.mean.shape[self.mean.dim() - self.event_ndim :]
+
+    def sample(
+        self, n: int | None = None, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Reparameterised sample mean + std * eps (gradients flow to mean and logvar).
+
+        With ``n``, returns [n, *mean.shape].
+        """
+        shape = self.mean.shape if n is None else torch.Size((n, *self.mean.shape))
+        eps = _noise(shape, self.mean, generator)
+        return self.mean + (temperature * self.std) * eps
+
+    rsample = sample
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z), summed over the event dimensions; ``z`` may carry leading sample dimensions."""
+        lp = -0.5 * (LOG_2PI + self.logvar + (z - self.mean) ** 2 * torch.exp(-self.logvar))
+        return _sum_event(lp, self.event_ndim)
+
+    def kl_elementwise(self, other: DiagonalGaussian | None = None) -> Tensor:
+        """KL(self || other) per latent element (other = N(0, I) when None), not reduced."""
+        if other is None:
+            return 0.5 * (self.mean**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
+        return 0.5 * (
+            other.logvar
+            - self.logvar
+            + (torch.exp(self.logvar) + (self.mean - other.mean) ** 2) * torch.exp(-other.logvar)
+            - 1.0
+        )
+
+    def kl(self, other: DiagonalGaussian | None = None) -> Tensor:
+        """Closed-form KL(self || other), summed over the event dimensions."""
+        return _sum_event(self.kl_elementwise(other), self.event_ndim)
+
+    def entropy(self) -> Tensor:
+        return _sum_event(0.5 * (LOG_2PI + 1.0 + self.logvar), self.event_ndim)
+
+    def detach(self) -> DiagonalGaussian:
+        return DiagonalGaussian(self.mean.detach(), self.logvar.detach(), self.event_ndim)
+
+    def __getitem__(self, index) -> DiagonalGaussian:
+        return DiagonalGaussian(self.mean[index], self.logvar[index], self.event_ndim)
+
+
+class StandardNormal:
+    """The prior N(0, I) over latents of shape ``event_shape``."""
+
+    def __init__(self, event_shape: tuple[int, ...], device=None, dtype=None) -> None:
+        self.event_shape = torch.Size(event_shape)
+        self.device = device
+        self.dtype = dtype or torch.float32
+
+    @property
+    def event_ndim(self) -> int:
+        return len(self.event_shape)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        z = torch.randn((n, *self.event_shape), generator=generator, device=self.device, dtype=self.dtype)
+        return z * temperature
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return _sum_event(-0.5 * (LOG_2PI + z**2), self.event_ndim)
+
+
+class Bernoulli:
+    """Bernoulli on logits. ``log_prob`` accepts grey levels in [0, 1] too (the cross-entropy that
+    pytorch/examples optimises); only for binary data is that a normalised likelihood."""
+
+    def __init__(self, logits: Tensor, event_ndim: int | None = None) -> None:
+        self.logits = logits
+        self.event_ndim = logits.dim() - 1 if event_ndim is None else event_ndim
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def mode(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.bernoulli(self.mean, generator=generator)
+
+    def unflatten_batch(self, k: int) -> Bernoulli:
+        """View a batch of k*B rows as [k, B, ...] (k samples for each of B examples)."""
+        return Bernoulli(self.logits.unflatten(0, (k, -1)), self.event_ndim)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """sum x*l - softplus(l); ``x`` broadcasts against leading sample dimensions of the logits."""
+        logits = self.logits.float()
+        if x.shape == logits.shape:
+            lp = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+            return _sum_event(lp, self.event_ndim)
+        # [K, B, ...] logits against [B, ...] data: the x*l term as a batched dot product.
+        flat_l = logits.flatten(-self.event_ndim) if self.event_ndim else logits.unsqueeze(-1)
+        flat_x = x.flatten(-self.event_ndim) if self.event_ndim else x.unsqueeze(-1)
+        return (flat_l * flat_x).sum(-1) - F.softplus(flat_l).sum(-1)
+
+
+class Normal:
+    """Gaussian observation model N(mean, exp(log_scale)^2) with ``log_scale`` broadcastable."""
+
+    def __init__(self, mean: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
+        self.loc = mean
+        self.log_scale = log_scale
+        self.event_ndim = mean.dim() - 1 if event_ndim is None else event_ndim
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def scale(self) -> Tensor:
+        return torch.exp(self.log_scale)
+
+    def mode(self) -> Tensor:
+        return self.loc
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return self.loc + self.scale * _noise(self.loc.shape, self.loc, generator)
+
+    def unflatten_batch(self, k: int) -> Normal:
+        """View a batch of k*B rows as [k, B, ...] (k samples for each of B examples)."""
+        return Normal(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        loc = self.loc.float()
+        log_scale = self.log_scale.float()
+        # broadcasting x [B, ...] against loc [K, B, ...] and a scalar or per-dimension log_scale
+        lp = -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
+        return _sum_event(lp, self.event_ndim)

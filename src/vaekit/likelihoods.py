@@ -1,0 +1,69 @@
+"""Observation models p(x|z): they turn the decoder's output into a distribution over data.
+
+- ``bernoulli``: the decoder gives logits (data in [0, 1]; binary for a true likelihood).
+- ``gaussian``: the decoder gives the mean; sigma is one learned scalar (``learned``), learned per
+  data dimension (``per-dim``), or fixed (``fixed``).
+- ``mse``: a Gaussian with fixed sigma = 1/sqrt(2), so -log p(x|z) = sum (x - mean)^2 + D/2 log(pi):
+  the familiar summed squared error plus the normalising constant, which vaekit always reports.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from vaekit.distributions import Bernoulli, Normal
+from vaekit.registry import Registry
+
+LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
+
+SIGMA_MODES = ("learned", "per-dim", "fixed")
+MIN_LOG_SIGMA = math.log(1e-3)  # a floor, so constant pixels cannot drive the density to infinity
+
+
+class Likelihood(nn.Module):
+    """Base class: ``forward(decoder_output)`` returns a distribution with ``log_prob`` and ``mean``."""
+
+    unit_interval: ClassVar[bool] = False  # whether the data must lie in [0, 1]
+
+    def __init__(self, data_shape: tuple[int, ...], sigma_mode: str = "learned", sigma: float = 1.0) -> None:
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+
+    def forward(self, out: torch.Tensor):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(Likelihood):
+    unit_interval = True
+
+    def forward(self, out: torch.Tensor) -> Bernoulli:
+        return Bernoulli(out, event_ndim=len(self.data_shape))
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(Likelihood):
+    def __init__(self, data_shape: tuple[int, ...], sigma_mode: str = "learned", sigma: float = 1.0) -> None:
+        super().__init__(data_shape, sigma_mode, sigma)
+        log_sigma = torch.tensor(math.log(sigma), dtype=torch.float32)
+        self.sigma_mode = sigma_mode
+        if sigma_mode == "learned":
+            self.log_sigma = nn.Parameter(log_sigma)
+        elif sigma_mode == "per-dim":
+            self.log_sigma = nn.Parameter(log_sigma.expand(self.data_shape).clone())
+        else:  # fixed: set by the config, so it is not part of the weights
+            self.register_buffer("log_sigma", log_sigma, persistent=False)
+
+    def forward(self, out: torch.Tensor) -> Normal:
+        log_sigma = self.log_sigma.clamp(min=MIN_LOG_SIGMA) if self.sigma_mode != "fixed" else self.log_sigma
+        return Normal(out, log_sigma, event_ndim=len(self.data_shape))
+
+
+@LIKELIHOODS.register("mse")
+class MSELikelihood(GaussianLikelihood):
+    def __init__(self, data_shape: tuple[int, ...], sigma_mode: str = "fixed", sigma: float = 1.0) -> None:
+        super().__init__(data_shape, "fixed", 1.0 / math.sqrt(2.0))

@@ -1,0 +1,155 @@
+"""The VAE base class every model family extends (Kingma & Welling 2014, "Auto-Encoding
+Variational Bayes"; the conditional form follows Sohn et al. 2015).
+
+A model supplies two networks: ``encoder_params(x, c) -> (mean, logvar)`` and
+``decoder_output(z, c) -> raw parameters of p(x|z)``; the base class turns those into
+distributions and provides the user API (encode, decode, sample) and the pieces objectives and
+the likelihood estimator need (KL terms, importance weights). ``c`` is the one-hot label of a
+conditional model, or None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaekit.config import check
+from vaekit.distributions import DiagonalGaussian, StandardNormal
+from vaekit.errors import VaekitError
+from vaekit.likelihoods import LIKELIHOODS, SIGMA_MODES
+
+LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in any precision
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Fields every VAE shares. ``data_shape`` is one example's shape: (D,) or (C, H, W)."""
+
+    data_shape: tuple[int, ...] = (784,)
+    latent_dim: int = 16
+    likelihood: str = "bernoulli"
+    sigma_mode: str = "learned"  # gaussian likelihood: learned | per-dim | fixed
+    sigma: float = 1.0  # gaussian likelihood: the fixed value, or the initial one
+    num_classes: int = 0  # > 0 makes the model conditional (a CVAE)
+
+    def __post_init__(self) -> None:
+        check(len(self.data_shape) > 0 and all(d > 0 for d in self.data_shape),
+              f"data_shape must be positive sizes, got {self.data_shape}")
+        check(self.latent_dim > 0, f"latent size (--latent-dim) must be a positive integer, got {self.latent_dim}")
+        LIKELIHOODS.get(self.likelihood)  # names the unknown likelihood
+        check(self.sigma_mode in SIGMA_MODES,
+              f"sigma mode must be one of {', '.join(SIGMA_MODES)}, got '{self.sigma_mode}'")
+        check(self.sigma > 0, f"sigma (--sigma) must be positive, got {self.sigma}")
+        check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+@dataclass
+class VAEOutput:
+    posterior: DiagonalGaussian
+    z: Tensor
+    px: object  # the observation distribution p(x|z)
+
+
+class VAE(nn.Module):
+    """Base class of all vaekit VAEs; subclasses register with ``@MODELS.register(name)``."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, config.sigma_mode, config.sigma)
+
+    # -- what a model family implements -------------------------------------------------------
+    def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def decoder_output(self, z: Tensor, c: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.config.latent_dim,)
+
+    # -- user API -------------------------------------------------------------------------------
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """One-hot code of labels ``y`` for a conditional model (None otherwise)."""
+        if not self.config.conditional:
+            return None
+        if y is None:
+            raise VaekitError(
+                f"this model is conditional on {self.config.num_classes} classes: labels are required"
+            )
+        return F.one_hot(y.long(), self.config.num_classes).to(self._dtype())
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian:
+        """q(z|x) as a diagonal Gaussian (``.mean``, ``.mode()``, ``.sample()``)."""
+        mean, logvar = self.encoder_params(x, self.condition(y))
+        return DiagonalGaussian(mean, logvar.clamp(*LOGVAR_RANGE))
+
+    def observation(self, z: Tensor, y: Tensor | None = None):
+        """p(x|z): the likelihood's distribution over data."""
+        return self.likelihood(self.decoder_output(z, self.condition(y)))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The mean of p(x|z), in data space (probabilities for a Bernoulli likelihood)."""
+        return self.observation(z, y).mean
+
+    def prior(self) -> StandardNormal:
+        return StandardNormal(self.latent_shape, device=self._device(), dtype=self._dtype())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        y: Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` draws of the decoder mean at z ~ N(0, temperature^2 I)."""
+        z = self.prior().sample(n, generator=generator, temperature=temperature)
+        return self.decode(z, y)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None) -> VAEOutput:
+        posterior = self.encode(x, y)
+        z = posterior.sample(generator=generator)
+        return VAEOutput(posterior, z, self.observation(z, y))
+
+    # -- what objectives and the estimator use --------------------------------------------------
+    def kl_terms(self, out: VAEOutput) -> Tensor:
+        """KL(q(z|x) || p(z)) per latent unit, [B, G]; the sum over G is the KL of the ELBO."""
+        return out.posterior.kl_elementwise().flatten(1)
+
+    def log_importance_weights(
+        self, x: Tensor, y: Tensor | None, posterior: DiagonalGaussian, k: int,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x): [k, B] (Burda et al. 2015).
+
+        ``posterior`` is q(z|x) for this batch, computed once by the caller and reused across
+        chunks of samples; the k decodes run as one batch of k*B rows.
+        """
+        z = posterior.sample(k, generator=generator)  # [k, B, *latent]
+        log_q = posterior.log_prob(z)
+        log_pz = self.prior().log_prob(z)
+        flat = z.flatten(0, 1)
+        yk = None if y is None else y.repeat(k)
+        px = self.observation(flat, yk).unflatten_batch(k)  # parameters viewed as [k, B, ...]
+        return px.log_prob(x) + log_pz - log_q
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+

@@ -1,0 +1,108 @@
+"""Training from Python: ``train(...)`` and ``resume(...)`` build everything from configs and run the
+one Trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit.config import from_dict, to_dict
+from vaekit.data import DataConfig, DataInfo, load_data
+from vaekit.errors import VaekitError
+from vaekit.objectives import OBJECTIVES
+from vaekit.run import CHECKPOINT, RunConfig, prepare_run_dir, read_run_config, write_run_config
+from vaekit.training.config import TrainConfig
+from vaekit.training.trainer import Trainer
+
+
+def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, conditional: bool = False):
+    """The model family's config for this data: data_shape, classes and likelihood filled in.
+
+    ``likelihood: "auto"`` picks bernoulli for data in [0, 1] and gaussian otherwise.
+    """
+    from vaekit.models import MODELS
+
+    cls = MODELS.get(model)
+    fields = dict(overrides)
+    fields["data_shape"] = list(info.shape)
+    if fields.get("likelihood", "auto") == "auto":
+        lo, hi = info.value_range
+        fields["likelihood"] = "bernoulli" if lo >= 0 and hi <= 1 else "gaussian"
+    if conditional:
+        if info.num_classes < 2:
+            raise VaekitError(f"--conditional needs labelled data with at least 2 classes; {info.source} has "
+                              f"{'no labels' if info.num_classes == 0 else 'one class'}")
+        fields["num_classes"] = info.num_classes
+    config = from_dict(cls.config_class, fields, f"{model} model")
+    return cls, config
+
+
+def check_compatible(model_cls, model_cfg, info: DataInfo) -> None:
+    from vaekit.likelihoods import LIKELIHOODS
+
+    lo, hi = info.value_range
+    if LIKELIHOODS.get(model_cfg.likelihood).unit_interval and (lo < 0 or hi > 1):
+        raise VaekitError(f"the {model_cfg.likelihood} likelihood needs data in [0, 1], but {info.source} has values "
+                          f"in [{lo:.3g}, {hi:.3g}]; use --likelihood gaussian")
+
+
+def train(
+    out: str | Path,
+    *,
+    model: str = "mlp",
+    model_overrides: dict[str, Any] | None = None,
+    conditional: bool = False,
+    data: DataConfig | None = None,
+    training: TrainConfig | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """Train a new run in ``out``; returns (model, metrics history)."""
+    data_cfg = data or DataConfig()
+    train_cfg = training or TrainConfig()
+    OBJECTIVES.get(train_cfg.objective)
+    splits = load_data(data_cfg)
+    for note in splits.notes:
+        (log or print)(note)
+    model_cls, model_cfg = model_config_for(model, model_overrides or {}, splits.info, conditional)
+    check_compatible(model_cls, model_cfg, splits.info)
+    run_cfg = RunConfig(model_cls, model_cfg, data_cfg, splits.info, train_cfg)
+    torch.manual_seed(train_cfg.seed)
+    net = model_cls(model_cfg)
+    objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
+    # everything is validated: only now may an existing run be replaced
+    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    write_run_config(run_dir, run_cfg)
+    trainer = Trainer(run_dir, net, objective, splits, train_cfg, progress=progress, log=log)
+    history = trainer.fit()
+    return net.eval(), history
+
+
+def resume(
+    out: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """Continue the run in ``out`` from its checkpoint (optionally to a new number of epochs)."""
+    out = Path(out)
+    cfg = read_run_config(out)
+    if not (out / CHECKPOINT).is_file():
+        raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
+    train_cfg = cfg.training
+    if epochs is not None and epochs != train_cfg.epochs:
+        train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), "epochs": epochs}, "--epochs")
+        cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
+        write_run_config(out, cfg)
+    splits = load_data(cfg.data, saved=cfg.data_info)
+    torch.manual_seed(train_cfg.seed)
+    net = cfg.model_class(cfg.model)
+    objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
+    trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
+    history = trainer.fit(resume=True)
+    return net.eval(), history

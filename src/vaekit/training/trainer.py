@@ -1,0 +1,352 @@
+"""The one trainer: loop, device, precision, checkpoints, logging, resume.
+
+Objectives plug in through ``Objective.training_step(model, batch, ctx)``; they call
+``ctx.optimize(name, loss)`` for each of their optimizers and return batch means to log.
+
+Resumption is exact: a checkpoint holds the model, the objective's modules, every optimizer, the
+global and shuffling RNG states, the position inside the epoch (the shuffling generator's state at
+the epoch's start plus the number of batches done) and the running sums, so a run interrupted
+anywhere (Ctrl-C, kill -9 between checkpoints, a crash) continues from its last checkpoint as if
+it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vaekit.data import DataSplits
+from vaekit.errors import Interrupted, TrainingStopped
+from vaekit.io import write_text
+from vaekit.objectives import KLSchedule, Objective, bits_per_dim
+from vaekit.run import CHECKPOINT, METRICS, save_weights
+from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
+from vaekit.training.config import TrainConfig
+
+VAL_BATCH = 1024
+
+
+@dataclass
+class Batch:
+    x: Tensor
+    y: Tensor | None = None
+
+
+class StepContext:
+    """What a training step may use: the step number, the KL weight, autocast, and ``optimize``."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._t = trainer
+        self.step = 0
+        self.epoch = 0
+        self.kl_weight = 1.0
+        self.skipped = False
+        self.accumulating = False
+
+    @property
+    def device(self) -> torch.device:
+        return self._t.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self._t.config.precision == "bf16"
+        return torch.autocast(self._t.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def optimize(self, name: str, loss: Tensor) -> bool:
+        """Backpropagate ``loss`` and step optimizer ``name``. A non-finite loss (or gradient
+        norm, when clipping) skips the step; returns whether parameters were updated."""
+        opt = self._t.optimizers[name]
+        if not torch.isfinite(loss.detach()).all():
+            self.skipped = True
+            opt.zero_grad(set_to_none=True)
+            return False
+        accum = self._t.config.grad_accum
+        (loss / accum if accum > 1 else loss).backward()
+        if self.accumulating:
+            return False
+        if self._t.config.grad_clip > 0:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self._t.config.grad_clip)
+            if not torch.isfinite(norm):
+                self.skipped = True
+                opt.zero_grad(set_to_none=True)
+                return False
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return True
+
+
+class Trainer:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        model: torch.nn.Module,
+        objective: Objective,
+        data: DataSplits,
+        config: TrainConfig,
+        *,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.objective = objective.to(self.device)
+        self.data = data
+        self.optimizers = objective.optimizers(self.model)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log or (lambda msg: None)
+        self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+        self.schedule = KLSchedule(
+            kind=config.kl_schedule,
+            warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
+            total_steps=config.epochs * self.steps_per_epoch,
+            cycles=config.cycles,
+            ratio=config.cycle_ratio,
+        )
+        self.shuffle = torch.Generator().manual_seed(config.seed + 1)
+        self.ctx = StepContext(self)
+        # position and running state (all of it goes into the checkpoint)
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0
+        self.epoch_start_shuffle = self.shuffle.get_state()
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.seconds = 0.0
+        self.nonfinite_run = 0
+        self.skipped_epoch = 0
+        self.history: list[dict] = []
+        self._stop = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> list[dict]:
+        if resume:
+            self.restore(load_checkpoint(self.run_dir / CHECKPOINT))
+        with self._interrupt_handler(), _flush_denormals():
+            while self.epoch < self.config.epochs:
+                self._train_epoch()
+                self._finish_epoch()
+        return self.history
+
+    def _train_epoch(self) -> None:
+        cfg, n = self.config, len(self.data.train)
+        if self.batch_in_epoch == 0:
+            self.epoch_start_shuffle = self.shuffle.get_state()
+        else:  # resuming mid-epoch: redraw the same permutation
+            self.shuffle.set_state(self.epoch_start_shuffle)
+        perm = torch.randperm(n, generator=self.shuffle)
+        self.model.train()
+        self.objective.train()
+        bar = self._bar()
+        started = time.perf_counter()
+        for b in range(self.batch_in_epoch, self.steps_per_epoch):
+            index = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            batch = self._batch(index)
+            ctx = self.ctx
+            ctx.step = self.epoch * self.steps_per_epoch + b
+            ctx.epoch = self.epoch
+            ctx.kl_weight = cfg.beta * self.schedule(ctx.step)
+            ctx.skipped = False
+            ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch
+            metrics = self.objective.training_step(self.model, batch, ctx)
+            if ctx.skipped:
+                self.nonfinite_run += 1
+                self.skipped_epoch += 1
+                if self.nonfinite_run >= cfg.max_nonfinite:
+                    raise TrainingStopped(self._diverged_message())
+            else:
+                self.nonfinite_run = 0
+                k = len(index)
+                for name, value in metrics.items():
+                    acc = value.detach().to(torch.float64) * k
+                    self.sums[name] = self.sums[name] + acc if name in self.sums else acc
+                self.count += k
+            self.batch_in_epoch = b + 1
+            if bar is not None:
+                bar.update(1)
+                if b % 20 == 0 and "loss" in metrics:
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", refresh=False)
+            if self._stop or (cfg.checkpoint_every and (ctx.step + 1) % cfg.checkpoint_every == 0):
+                self.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save_checkpoint()
+                if self._stop:
+                    if bar is not None:
+                        bar.close()
+                    raise Interrupted(
+                        f"interrupted at epoch {self.epoch + 1}, batch {self.batch_in_epoch}/{self.steps_per_epoch}; "
+                        f"checkpoint saved in {self.run_dir}; continue with --resume"
+                    )
+        self.seconds += time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+
+    def _batch(self, index: Tensor) -> Batch:
+        x, y = self.data.train.batch(index)
+        x = x.to(self.device, non_blocking=True)
+        if self.data.binarize == "dynamic":  # a fresh binarisation every time an example is seen
+            x = torch.bernoulli(x)
+        return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
+
+    def _finish_epoch(self) -> None:
+        record: dict = {"epoch": self.epoch + 1, "step": (self.epoch + 1) * self.steps_per_epoch}
+        dims = self.data.info.dims
+        count = max(self.count, 1)
+        for name, total in self.sums.items():
+            record[f"train_{name}"] = float(total) / count
+        if "elbo" in self.sums:
+            record["train_bits_per_dim"] = bits_per_dim(-record["train_elbo"], dims)
+        if self.data.val is not None and len(self.data.val):
+            for name, value in self.validate().items():
+                record[f"val_{name}"] = value
+        record["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
+        record["kl_weight"] = self.config.beta * self.schedule(record["step"] - 1)
+        record["seconds"] = round(self.seconds, 4)
+        record["skipped_steps"] = self.skipped_epoch
+        self.history.append(record)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.sums, self.count, self.seconds, self.skipped_epoch = {}, 0, 0.0, 0
+        self.save_checkpoint()
+        self.log(_summary(record, self.config.epochs))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Per-example means of the objective's validation parts on the validation split, with a
+        fixed noise generator so epochs are comparable and training's RNG stream is untouched."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
+        val = self.data.val
+        sums: dict[str, float] = {}
+        for start in range(0, len(val), VAL_BATCH):
+            index = torch.arange(start, min(start + VAL_BATCH, len(val)))
+            x, y = val.batch(index)
+            batch = Batch(x.to(self.device), None if y is None else y.to(self.device))
+            with self.ctx.autocast():
+                parts = self.objective.validation_step(self.model, batch, gen)
+            for name, v in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(v.double().sum())
+        out = {name: total / len(val) for name, total in sums.items()}
+        if "elbo" in out:
+            out["bits_per_dim"] = bits_per_dim(-out["elbo"], self.data.info.dims)
+        self.model.train()
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "rng": rng,
+            "epoch_start_shuffle": self.epoch_start_shuffle,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "sums": dict(self.sums),
+            "count": self.count,
+            "seconds": self.seconds,
+            "nonfinite_run": self.nonfinite_run,
+            "skipped_epoch": self.skipped_epoch,
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint first (it holds the history), then the weights and metrics derived from it."""
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+        save_weights(self.run_dir, self.model)
+        self._write_metrics()
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch_start_shuffle = state["epoch_start_shuffle"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.sums = {k: v.to(torch.float64) for k, v in state["sums"].items()}
+        self.count = state["count"]
+        self.seconds = state["seconds"]
+        self.nonfinite_run = state["nonfinite_run"]
+        self.skipped_epoch = state["skipped_epoch"]
+        self.history = list(state["history"])
+        # the files derived from the checkpoint may be older or newer than it after a kill -9
+        save_weights(self.run_dir, self.model)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, leave=False, file=sys.stderr,
+                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", dynamic_ncols=True)
+
+    def _diverged_message(self) -> str:
+        last = f"epoch {self.epoch}" if self.epoch else "the start (no epoch completed)"
+        return (f"training stopped at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}: the loss was not "
+                f"finite for {self.config.max_nonfinite} consecutive steps; the last good checkpoint "
+                f"({last}) is intact in {self.run_dir}. Try a lower --lr or --grad-clip")
+
+    @contextlib.contextmanager
+    def _interrupt_handler(self) -> Iterator[None]:
+        """First Ctrl-C: finish the step, save, stop. Second: stop at once (files stay whole)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Adam's second-moment estimates drift into denormal floats, which make every optimizer step
+    several times slower on x86 CPUs; flushing them to zero changes no result that matters."""
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
+
+
+def _summary(r: dict, epochs: int) -> str:
+    parts = [f"epoch {r['epoch']}/{epochs}"]
+    for key in ("train_loss", "train_elbo", "val_elbo", "val_kl"):
+        if key in r:
+            parts.append(f"{key} {r[key]:.3f}")
+    parts.append(f"{r['seconds']:.2f}s")
+    if r.get("skipped_steps"):
+        parts.append(f"skipped {r['skipped_steps']} non-finite steps")
+    return "  ".join(parts)

@@ -1,0 +1,298 @@
+"""What a model learned, as pictures: samples, reconstructions, interpolations, traversals, loss
+curves and the latent space. Image data gives image grids; tabular data gives plots of features.
+Every function returns a PIL image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.data import ArrayData, DataInfo
+from vaekit.errors import VaekitError
+from vaekit.evaluation import posterior_means
+from vaekit.viz.grid import figure_to_image, image_grid, label_rows
+
+MAX_FEATURES = 8
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _labels_for(model, n: int, label: int | None) -> Tensor | None:
+    """Labels for generation: the given class, or for a conditional model cycle through classes."""
+    k = model.config.num_classes
+    if label is not None:
+        if not model.config.conditional:
+            raise VaekitError("--label needs a conditional model (train with --conditional)")
+        if not 0 <= label < k:
+            raise VaekitError(f"--label must be in 0..{k - 1}, got {label}")
+        return torch.full((n,), label, dtype=torch.long, device=_device(model))
+    if model.config.conditional:
+        return torch.arange(n, device=_device(model)) % k
+    return None
+
+
+@torch.no_grad()
+def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temperature: float = 1.0,
+            seed: int = 0, reference: ArrayData | None = None):
+    if n < 1:
+        raise VaekitError(f"-n must be >= 1, got {n}")
+    if temperature <= 0:
+        raise VaekitError(f"--temperature must be positive, got {temperature}")
+    model.eval()
+    gen = torch.Generator(device=_device(model)).manual_seed(seed)
+    y = _labels_for(model, n, label)
+    x = model.sample(n, y, temperature=temperature, generator=gen).cpu()
+    if info.kind == "image":
+        nrow = model.config.num_classes if model.config.conditional and label is None else None
+        return image_grid(x, nrow=nrow, value_range=info.value_range)
+    return _feature_histograms(x, reference, info, f"{n} samples (T={temperature})")
+
+
+@torch.no_grad()
+def reconstructions(model, data: ArrayData, info: DataInfo, n: int = 16):
+    """Inputs (top row of each pair) above their reconstructions (decoder mean at the posterior mean)."""
+    model.eval()
+    sub = data.take(min(n, len(data)))
+    dev = _device(model)
+    y = None if sub.y is None else sub.y.to(dev)
+    recon = model.decode(model.encode(sub.x.to(dev), y).mean, y).cpu()
+    if info.kind == "image":
+        per_row = min(len(sub), 8)
+        rows = []
+        for start in range(0, len(sub), per_row):
+            rows += [sub.x[start : start + per_row], recon[start : start + per_row]]
+        width = max(len(r) for r in rows)
+        padded = [torch.cat([r, torch.ones(width - len(r), *r.shape[1:])]) if len(r) < width else r for r in rows]
+        return image_grid(torch.cat(padded), nrow=width, value_range=info.value_range)
+    return _feature_scatter(sub.x, recon, info)
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation (White 2016), falling back to linear for (anti)parallel vectors."""
+    a, b = z0.flatten(), z1.flatten()
+    cos = torch.dot(a, b) / (a.norm() * b.norm() + 1e-12)
+    omega = torch.arccos(cos.clamp(-1, 1))
+    if omega.abs() < 1e-4 or (math.pi - omega).abs() < 1e-4:
+        return lerp(z0, z1, t)
+    s = torch.sin(omega)
+    w0 = (torch.sin((1 - t) * omega) / s).view(-1, *[1] * z0.dim())
+    w1 = (torch.sin(t * omega) / s).view(-1, *[1] * z0.dim())
+    return w0 * z0 + w1 * z1
+
+
+def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    tt = t.view(-1, *[1] * z0.dim())
+    return (1 - tt) * z0 + tt * z1
+
+
+@torch.no_grad()
+def interpolations(model, data: ArrayData, info: DataInfo, i: int = 0, j: int = 1, steps: int = 10):
+    """Linear (top row) and spherical (bottom row) paths between the latents of examples i and j."""
+    for idx in (i, j):
+        if not 0 <= idx < len(data):
+            raise VaekitError(f"example index {idx} is out of range (the split has {len(data)} examples)")
+    if steps < 2:
+        raise VaekitError(f"--steps must be >= 2, got {steps}")
+    model.eval()
+    dev = _device(model)
+    x = data.x[[i, j]].to(dev)
+    y = None if data.y is None else data.y[[i, j]].to(dev)
+    z = model.encode(x, y).mean
+    t = torch.linspace(0, 1, steps, device=dev)
+    paths = {"linear": lerp(z[0], z[1], t), "spherical": slerp(z[0], z[1], t)}
+    # a conditional model keeps the first example's label along the path
+    yy = None if y is None else y[:1].repeat(steps)
+    decoded = {name: model.decode(p, yy).cpu() for name, p in paths.items()}
+    if info.kind == "image":
+        grid = image_grid(torch.cat([decoded["linear"], decoded["spherical"]]), nrow=steps,
+                          value_range=info.value_range)
+        return label_rows(grid, ["linear", "spherical"], rows=2, width=70)
+    return _feature_paths(decoded, t.cpu(), info)
+
+
+@torch.no_grad()
+def traversals(model, data: ArrayData, info: DataInfo, dims: int = 10, steps: int = 9, span: float = 3.0,
+               index: int = 0):
+    """Each latent unit swept over [-span, span] from the posterior mean of example ``index``, most
+    active units (largest variance of the posterior mean across the data) first."""
+    if steps < 2:
+        raise VaekitError(f"--steps must be >= 2, got {steps}")
+    if not 0 <= index < len(data):
+        raise VaekitError(f"--index {index} is out of range (the split has {len(data)} examples)")
+    model.eval()
+    dev = _device(model)
+    mu = posterior_means(model, data)
+    activity = mu.var(0, unbiased=False)
+    order = torch.argsort(activity, descending=True)[: max(1, min(dims, mu.shape[1]))]
+    x = data.x[index : index + 1].to(dev)
+    y = None if data.y is None else data.y[index : index + 1].to(dev)
+    base = model.encode(x, y).mean[0]
+    values = torch.linspace(-span, span, steps, device=dev)
+    rows = []
+    for d in order.tolist():
+        z = base.flatten().repeat(steps, 1)
+        z[:, d] = values
+        rows.append(model.decode(z.view(steps, *base.shape), None if y is None else y.repeat(steps)).cpu())
+    labels = [f"z{d}  var {activity[d]:.2f}" for d in order.tolist()]
+    if info.kind == "image":
+        grid = image_grid(torch.cat(rows), nrow=steps, value_range=info.value_range)
+        return label_rows(grid, labels, rows=len(rows), width=110)
+    return _feature_traversals(rows, values.cpu(), labels, info)
+
+
+def loss_curves(history: list[dict]):
+    plt = _plt()
+    if not history:
+        raise VaekitError("no metrics recorded yet (metrics.jsonl is empty)")
+    epochs = [r["epoch"] for r in history]
+    panels = [("ELBO (nats)", "elbo"), ("reconstruction -log p(x|z)", "recon"), ("KL(q || p)", "kl")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, (title, key) in zip(axes, panels):
+        for split, style in (("train", "-"), ("val", "--")):
+            name = f"{split}_{key}"
+            if any(name in r for r in history):
+                ax.plot([e for e, r in zip(epochs, history) if name in r], [r[name] for r in history if name in r],
+                        style, label=split, marker="." if len(epochs) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if any(r.get("kl_weight", 1.0) != 1.0 for r in history):
+        twin = axes[2].twinx()
+        twin.plot(epochs, [r.get("kl_weight", 1.0) for r in history], ":", color="grey")
+        twin.set_ylabel("KL weight", color="grey")
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+@torch.no_grad()
+def latent_scatter(model, data: ArrayData, info: DataInfo, max_points: int = 5000):
+    """Posterior means in 2-D (PCA when the latent has more than 2 dimensions), coloured by label."""
+    plt = _plt()
+    sub = data.take(min(len(data), max_points))
+    mu = posterior_means(model, sub).double().numpy()
+    if mu.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=0)
+        pts = pca.fit_transform(mu)
+        xlabel, ylabel = (f"PC{i + 1} ({100 * v:.0f}% var)" for i, v in enumerate(pca.explained_variance_ratio_))
+    elif mu.shape[1] == 2:
+        pts, xlabel, ylabel = mu, "z0", "z1"
+    else:
+        pts = np.stack([mu[:, 0], np.zeros(len(mu))], 1)
+        xlabel, ylabel = "z0", ""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if sub.y is not None:
+        y = sub.y.numpy()
+        cmap = plt.get_cmap("tab10" if info.num_classes <= 10 else "tab20")
+        for c in range(info.num_classes):
+            m = y == c
+            name = info.class_names[c] if c < len(info.class_names) else str(c)
+            ax.scatter(pts[m, 0], pts[m, 1], s=6, alpha=0.7, color=cmap(c % cmap.N), label=name)
+        ax.legend(markerscale=3, fontsize=7, loc="best", ncol=2 if info.num_classes > 5 else 1)
+    else:
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("posterior means" + (" (PCA)" if mu.shape[1] > 2 else ""))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+# -- tabular data ---------------------------------------------------------------------------------
+
+
+def _feature_names(info: DataInfo, d: int) -> list[str]:
+    names = list(info.feature_names) or [f"x{i}" for i in range(d)]
+    return names[:d]
+
+
+def _grid_axes(n: int, size: float = 2.6):
+    plt = _plt()
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * 0.85 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def _feature_histograms(x: Tensor, reference: ArrayData | None, info: DataInfo, title: str):
+    x = x.flatten(1).numpy()
+    d = min(x.shape[1], MAX_FEATURES)
+    names = _feature_names(info, x.shape[1])
+    fig, axes = _grid_axes(d)
+    ref = None if reference is None else reference.x.flatten(1).numpy()
+    for i, ax in zip(range(d), axes):
+        bins = 30
+        if ref is not None:
+            ax.hist(ref[:, i], bins=bins, density=True, alpha=0.5, label="data")
+        ax.hist(x[:, i], bins=bins, density=True, alpha=0.5, label="generated")
+        ax.set_title(names[i], fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def _feature_scatter(x: Tensor, recon: Tensor, info: DataInfo):
+    x, recon = x.flatten(1).numpy(), recon.flatten(1).numpy()
+    d = min(x.shape[1], MAX_FEATURES)
+    names = _feature_names(info, x.shape[1])
+    fig, axes = _grid_axes(d)
+    for i, ax in zip(range(d), axes):
+        ax.scatter(x[:, i], recon[:, i], s=8, alpha=0.7)
+        lo, hi = float(min(x[:, i].min(), recon[:, i].min())), float(max(x[:, i].max(), recon[:, i].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(names[i], fontsize=9)
+        ax.set_xlabel("input", fontsize=7)
+        ax.set_ylabel("reconstruction", fontsize=7)
+    fig.suptitle("reconstructions (dashed: perfect)")
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def _feature_paths(decoded: dict[str, Tensor], t: Tensor, info: DataInfo):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, (name, x) in zip(axes, decoded.items()):
+        x = x.flatten(1).numpy()
+        names = _feature_names(info, x.shape[1])
+        for i in range(min(x.shape[1], MAX_FEATURES)):
+            ax.plot(t.numpy(), x[:, i], label=names[i])
+        ax.set_title(f"{name} interpolation")
+        ax.set_xlabel("t")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def _feature_traversals(rows: list[Tensor], values: Tensor, labels: list[str], info: DataInfo):
+    fig, axes = _grid_axes(len(rows), size=3.2)
+    for x, label, ax in zip(rows, labels, axes):
+        x = x.flatten(1).numpy()
+        names = _feature_names(info, x.shape[1])
+        for i in range(min(x.shape[1], MAX_FEATURES)):
+            ax.plot(values.numpy(), x[:, i], label=names[i])
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("latent value", fontsize=7)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return figure_to_image(fig)
