@@ -21,6 +21,11 @@ def _sum_event(t: Tensor, event_ndim: int) -> Tensor:
     return t.sum(dim=tuple(range(-event_ndim, 0))) if event_ndim else t
 
 
+def _full(t: Tensor) -> Tensor:
+    """Densities are summed in at least float32, whatever precision the network ran in."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -138,7 +143,7 @@ class Bernoulli:
 
     def log_prob(self, x: Tensor) -> Tensor:
         """sum x*l - softplus(l); ``x`` broadcasts against leading sample dimensions of the logits."""
-        logits = self.logits.float()
+        logits = _full(self.logits)
         if x.shape == logits.shape:
             lp = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
             return _sum_event(lp, self.event_ndim)
@@ -175,8 +180,8 @@ class Normal:
         return Normal(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        loc = self.loc.float()
-        log_scale = self.log_scale.float()
+        loc = _full(self.loc)
+        log_scale = _full(self.log_scale)
         # broadcasting x [B, ...] against loc [K, B, ...] and a scalar or per-dimension log_scale
         lp = -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
         return _sum_event(lp, self.event_ndim)

@@ -164,7 +164,7 @@ def read_idx(path: Path) -> np.ndarray:
             raise ValueError(f"{len(data)} bytes, expected {expected}")
     except (OSError, EOFError, struct.error, ValueError) as e:
         raise VaekitError(f"{path}: not a valid IDX file ({e})") from None
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # writable
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -288,7 +288,10 @@ class Trainer:
         self.nonfinite_run = state["nonfinite_run"]
         self.skipped_epoch = state["skipped_epoch"]
         self.history = list(state["history"])
-        # the files derived from the checkpoint may be older or newer than it after a kill -9
+        # after a kill -9: a write may have been cut short (its temp file is debris), and the files
+        # derived from the checkpoint may be older or newer than it
+        for debris in self.run_dir.glob(".*.tmp"):
+            debris.unlink()
         save_weights(self.run_dir, self.model)
         self._write_metrics()
 

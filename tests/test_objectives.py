@@ -1,0 +1,72 @@
+"""Loss parts, likelihood constants, free bits and KL-weight schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaekit.models.mlp import MLPVAE, MLPConfig
+from vaekit.objectives import KLSchedule, elbo_parts, free_bits_kl
+
+
+def model(likelihood="bernoulli", **kw):
+    torch.manual_seed(0)
+    return MLPVAE(MLPConfig(data_shape=(12,), latent_dim=3, hidden=(16,), likelihood=likelihood, **kw))
+
+
+def test_elbo_parts_are_consistent_and_per_example():
+    m = model()
+    x = torch.rand(5, 12)
+    out = m(x)
+    parts = elbo_parts(m, out, x)
+    assert parts["recon"].shape == parts["kl"].shape == parts["elbo"].shape == (5,)
+    assert torch.allclose(parts["elbo"], -(parts["recon"] + parts["kl"]))
+    assert torch.allclose(parts["kl"], out.posterior.kl())
+    assert (parts["kl"] >= 0).all()
+
+
+def test_mse_likelihood_is_squared_error_plus_normalising_constant():
+    m = model("mse")
+    x = torch.rand(4, 12)
+    out = m(x)
+    mean = out.px.mean
+    expected = ((x - mean) ** 2).sum(1) + 12 / 2 * math.log(math.pi)
+    assert torch.allclose(-out.px.log_prob(x), expected, atol=1e-5)
+
+
+def test_gaussian_fixed_sigma_constant_and_learned_sigma_is_a_parameter():
+    fixed = model("gaussian", sigma_mode="fixed", sigma=0.1)
+    assert "likelihood.log_sigma" not in fixed.state_dict()
+    x = torch.rand(3, 12)
+    out = fixed(x)
+    expected = ((x - out.px.mean) ** 2).sum(1) / (2 * 0.01) + 12 * (math.log(0.1) + 0.5 * math.log(2 * math.pi))
+    assert torch.allclose(-out.px.log_prob(x), expected, rtol=1e-5)
+    assert model("gaussian").state_dict()["likelihood.log_sigma"].shape == ()
+    assert model("gaussian", sigma_mode="per-dim").state_dict()["likelihood.log_sigma"].shape == (12,)
+
+
+def test_free_bits_floors_each_unit_and_stops_its_gradient():
+    terms = torch.tensor([[0.1, 2.0], [0.3, 4.0]], requires_grad=True)  # [B=2, G=2]
+    assert free_bits_kl(terms, 0.0).item() == pytest.approx(0.2 + 3.0)
+    value = free_bits_kl(terms, 0.5)  # unit 0 averages 0.2 < 0.5 -> counts as 0.5
+    assert value.item() == pytest.approx(0.5 + 3.0)
+    value.backward()
+    assert torch.equal(terms.grad[:, 0], torch.zeros(2))
+    assert torch.allclose(terms.grad[:, 1], torch.full((2,), 0.5))
+
+
+def test_linear_warmup_schedule():
+    s = KLSchedule("linear", warmup_steps=10)
+    assert [s(t) for t in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert KLSchedule("constant")(0) == 1.0
+
+
+def test_cyclical_schedule_four_cycles_ratio_half():
+    s = KLSchedule("cyclical", total_steps=400, cycles=4, ratio=0.5)
+    assert s(0) == 0.0
+    assert s(25) == pytest.approx(0.5)
+    assert s(50) == 1.0 and s(99) == 1.0
+    assert s(100) == 0.0  # the next cycle restarts
+    assert s(125) == pytest.approx(0.5)

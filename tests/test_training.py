@@ -1,0 +1,143 @@
+"""The trainer: exact resumption (Ctrl-C mid-epoch, kill -9), the non-finite guard, schedules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import read_metrics, tiny_train, without_time
+from vaekit.errors import Interrupted, TrainingStopped
+from vaekit.io import load_tensors
+from vaekit.objectives import ELBO
+from vaekit.training.api import resume
+from vaekit.training.checkpoint import load_checkpoint
+
+TESTS = Path(__file__).parent
+RUN_KW = {"epochs": 3, "limit": 400, "seed": 3}  # 400 examples / batch 64 -> 7 steps per epoch
+
+
+def weights(run: Path) -> dict:
+    return load_tensors(run / "model.safetensors")[0]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert without_time(read_metrics(a)) == without_time(read_metrics(b))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    tiny_train(run, **RUN_KW)
+    return run
+
+
+def interrupt_at(monkeypatch, step: int, sig: int = signal.SIGINT) -> None:
+    original = ELBO.training_step
+
+    def training_step(self, model, batch, ctx):
+        if ctx.step == step:
+            os.kill(os.getpid(), sig)
+        return original(self, model, batch, ctx)
+
+    monkeypatch.setattr(ELBO, "training_step", training_step)
+
+
+def test_same_seed_same_numbers(tmp_path, reference):
+    tiny_train(tmp_path / "again", **RUN_KW)
+    assert_same_run(reference, tmp_path / "again")
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path, reference, monkeypatch):
+    run = tmp_path / "run"
+    interrupt_at(monkeypatch, step=10)  # epoch 2, batch 4 of 7
+    with pytest.raises(Interrupted, match="--resume"):
+        tiny_train(run, **RUN_KW)
+    monkeypatch.undo()
+    state = load_checkpoint(run / "checkpoint.safetensors")
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 4)
+    assert len(read_metrics(run)) == 1
+    resume(run, progress=False)
+    assert_same_run(reference, run)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, reference):
+    run = tmp_path / "run"
+    script = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[2])\n"
+        "from pathlib import Path\n"
+        "from vaekit.objectives import ELBO\n"
+        "from helpers import tiny_train\n"
+        "orig = ELBO.training_step\n"
+        "def step(self, model, batch, ctx):\n"
+        "    if ctx.step == 17: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return orig(self, model, batch, ctx)\n"
+        "ELBO.training_step = step\n"
+        "tiny_train(Path(sys.argv[1]), epochs=3, limit=400, seed=3, checkpoint_every=5)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(run), str(TESTS)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = load_checkpoint(run / "checkpoint.safetensors")
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 1)  # the mid-epoch checkpoint at step 15
+    resume(run, progress=False)
+    assert_same_run(reference, run)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_can_extend_the_number_of_epochs(tmp_path):
+    run = tmp_path / "run"
+    tiny_train(run, epochs=1, limit=200)
+    resume(run, epochs=2, progress=False)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def nan_after(monkeypatch, start: int, stop: int | None = None) -> None:
+    original = ELBO.training_step
+
+    def training_step(self, model, batch, ctx):
+        if ctx.step >= start and (stop is None or ctx.step < stop):
+            batch.x = batch.x * float("nan")
+        return original(self, model, batch, ctx)
+
+    monkeypatch.setattr(ELBO, "training_step", training_step)
+
+
+def test_persistent_non_finite_loss_stops_with_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    nan_after(monkeypatch, start=9)  # epoch 1 completes (7 steps), epoch 2 goes bad
+    with pytest.raises(TrainingStopped, match="not finite for 5 consecutive steps"):
+        tiny_train(run, epochs=3, limit=400, max_nonfinite=5)
+    state = load_checkpoint(run / "checkpoint.safetensors")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(run).values())
+    assert len(read_metrics(run)) == 1
+
+
+def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    nan_after(monkeypatch, start=2, stop=5)
+    _, history = tiny_train(tmp_path / "run", epochs=1, limit=400)
+    assert history[0]["skipped_steps"] == 3
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_kl_warmup_and_cyclical_schedules_are_logged(tmp_path):
+    _, h = tiny_train(tmp_path / "lin", epochs=4, limit=400, warmup_epochs=2, kl_schedule="linear")
+    weights_by_epoch = [r["kl_weight"] for r in h]
+    assert weights_by_epoch[0] < weights_by_epoch[1] <= 1.0 and weights_by_epoch[-1] == 1.0
+    _, h = tiny_train(tmp_path / "cyc", epochs=4, limit=400, kl_schedule="cyclical", cycles=2, beta=2.0)
+    assert max(r["kl_weight"] for r in h) == 2.0
+
+
+def test_free_bits_bf16_and_accumulation_train_to_finite_losses(tmp_path):
+    _, h = tiny_train(tmp_path / "fb", epochs=2, limit=400, free_bits=0.5, precision="bf16", grad_accum=2)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in h)
+    assert h[-1]["train_loss"] >= h[-1]["train_recon"]  # free bits only ever add to the KL term
