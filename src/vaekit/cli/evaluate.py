@@ -20,8 +20,8 @@ class EvaluateCommand(Command):
         p.add_argument("--split", choices=("test", "val"), default="test", help="held-out split (default: test)")
         p.add_argument("--iw", type=int, default=1, metavar="K",
                        help="importance samples for the NLL (Burda et al. 2015); 5000 for published numbers")
-        p.add_argument("--batch-size", type=positive_int, default=8192, metavar="B",
-                       help="most (example, sample) pairs decoded at once; bounds memory (default 8192)")
+        p.add_argument("--batch-size", type=positive_int, default=4096, metavar="B",
+                       help="most (example, sample) pairs decoded at once; bounds memory (default 4096)")
         p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
         p.add_argument("--json", action="store_true", help="print one JSON object with exactly: " + ", ".join(KEYS))
         add_device(p)

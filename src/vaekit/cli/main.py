@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        from vaekit.runtime import tune_cpu
+
+        tune_cpu()  # before torch starts worker threads (they inherit it)
         return args.handler.run(args) or 0
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from vaekit.data import ArrayData
 from vaekit.errors import VaekitError
 from vaekit.models.base import VAEOutput
 from vaekit.objectives import bits_per_dim, elbo_parts
+from vaekit.runtime import tune_cpu
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: unit i is active if Var_x(E_q[z_i | x]) > 0.01
 
@@ -43,7 +44,7 @@ class Evaluation:
 
 @torch.no_grad()
 def log_likelihood(
-    model, x: Tensor, y: Tensor | None, k: int, batch_size: int = 8192, generator: torch.Generator | None = None,
+    model, x: Tensor, y: Tensor | None, k: int, batch_size: int = 4096, generator: torch.Generator | None = None,
     posterior=None,
 ) -> Tensor:
     """Importance-weighted estimate of log p(x) for each row of ``x``: [B].
@@ -69,7 +70,7 @@ def log_likelihood(
 
 @torch.no_grad()
 def evaluate(
-    model, data: ArrayData, k: int = 1, batch_size: int = 8192, seed: int = 0, device: str | torch.device = "cpu"
+    model, data: ArrayData, k: int = 1, batch_size: int = 4096, seed: int = 0, device: str | torch.device = "cpu"
 ) -> Evaluation:
     """ELBO parts, the K-sample importance-weighted NLL, bits/dim and active units on ``data``.
 
@@ -79,6 +80,7 @@ def evaluate(
         raise VaekitError(f"the number of importance samples (--iw) must be >= 1, got {k}")
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
+    tune_cpu()
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(data)

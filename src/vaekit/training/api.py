@@ -14,6 +14,7 @@ from vaekit.data import DataConfig, DataInfo, load_data
 from vaekit.errors import VaekitError
 from vaekit.objectives import OBJECTIVES
 from vaekit.run import CHECKPOINT, RunConfig, prepare_run_dir, read_run_config, write_run_config
+from vaekit.runtime import tune_cpu
 from vaekit.training.config import TrainConfig
 from vaekit.training.trainer import Trainer
 
@@ -62,6 +63,7 @@ def train(
     log: Callable[[str], None] | None = None,
 ):
     """Train a new run in ``out``; returns (model, metrics history)."""
+    tune_cpu()  # before any parallel torch op, so that worker threads inherit it
     data_cfg = data or DataConfig()
     train_cfg = training or TrainConfig()
     OBJECTIVES.get(train_cfg.objective)
@@ -90,6 +92,7 @@ def resume(
     log: Callable[[str], None] | None = None,
 ):
     """Continue the run in ``out`` from its checkpoint (optionally to a new number of epochs)."""
+    tune_cpu()  # before any parallel torch op, so that worker threads inherit it
     out = Path(out)
     cfg = read_run_config(out)
     if not (out / CHECKPOINT).is_file():

@@ -31,6 +31,7 @@ from vaekit.errors import Interrupted, TrainingStopped
 from vaekit.io import write_text
 from vaekit.objectives import KLSchedule, Objective, bits_per_dim
 from vaekit.run import CHECKPOINT, METRICS, save_weights
+from vaekit.runtime import tune_cpu
 from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
 from vaekit.training.config import TrainConfig
 
@@ -66,7 +67,7 @@ class StepContext:
         """Backpropagate ``loss`` and step optimizer ``name``. A non-finite loss (or gradient
         norm, when clipping) skips the step; returns whether parameters were updated."""
         opt = self._t.optimizers[name]
-        if not torch.isfinite(loss.detach()).all():
+        if not math.isfinite(loss.item()):  # one sync; cheaper than a tensor isfinite on every step
             self.skipped = True
             opt.zero_grad(set_to_none=True)
             return False
@@ -121,7 +122,8 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0
         self.epoch_start_shuffle = self.shuffle.get_state()
-        self.sums: dict[str, Tensor] = {}
+        self.sum_names: list[str] = []  # the objective's logged values, summed over this epoch
+        self.sum_values: Tensor | None = None
         self.count = 0
         self.seconds = 0.0
         self.nonfinite_run = 0
@@ -133,7 +135,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict]:
         if resume:
             self.restore(load_checkpoint(self.run_dir / CHECKPOINT))
-        with self._interrupt_handler(), _flush_denormals():
+        tune_cpu()
+        with self._interrupt_handler():
             while self.epoch < self.config.epochs:
                 self._train_epoch()
                 self._finish_epoch()
@@ -151,33 +154,13 @@ class Trainer:
         bar = self._bar()
         started = time.perf_counter()
         for b in range(self.batch_in_epoch, self.steps_per_epoch):
-            index = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            batch = self._batch(index)
-            ctx = self.ctx
-            ctx.step = self.epoch * self.steps_per_epoch + b
-            ctx.epoch = self.epoch
-            ctx.kl_weight = cfg.beta * self.schedule(ctx.step)
-            ctx.skipped = False
-            ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch
-            metrics = self.objective.training_step(self.model, batch, ctx)
-            if ctx.skipped:
-                self.nonfinite_run += 1
-                self.skipped_epoch += 1
-                if self.nonfinite_run >= cfg.max_nonfinite:
-                    raise TrainingStopped(self._diverged_message())
-            else:
-                self.nonfinite_run = 0
-                k = len(index)
-                for name, value in metrics.items():
-                    acc = value.detach().to(torch.float64) * k
-                    self.sums[name] = self.sums[name] + acc if name in self.sums else acc
-                self.count += k
+            metrics = self.train_step(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size], b)
             self.batch_in_epoch = b + 1
             if bar is not None:
                 bar.update(1)
                 if b % 20 == 0 and "loss" in metrics:
                     bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", refresh=False)
-            if self._stop or (cfg.checkpoint_every and (ctx.step + 1) % cfg.checkpoint_every == 0):
+            if self._stop or (cfg.checkpoint_every and (self.ctx.step + 1) % cfg.checkpoint_every == 0):
                 self.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 self.save_checkpoint()
@@ -192,6 +175,34 @@ class Trainer:
         if bar is not None:
             bar.close()
 
+    def train_step(self, index: Tensor, b: int) -> dict[str, Tensor]:
+        """One optimizer step on the examples ``index`` (batch ``b`` of the current epoch)."""
+        cfg = self.config
+        batch = self._batch(index)
+        ctx = self.ctx
+        ctx.step = self.epoch * self.steps_per_epoch + b
+        ctx.epoch = self.epoch
+        ctx.kl_weight = cfg.beta * self.schedule(ctx.step)
+        ctx.skipped = False
+        ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch
+        metrics = self.objective.training_step(self.model, batch, ctx)
+        if ctx.skipped:
+            self.nonfinite_run += 1
+            self.skipped_epoch += 1
+            if self.nonfinite_run >= cfg.max_nonfinite:
+                raise TrainingStopped(self._diverged_message())
+            return metrics
+        self.nonfinite_run = 0
+        k = len(index)
+        # one stacked add per step, in float64 so the running sums survive a resume exactly
+        values = torch.stack([v.detach() for v in metrics.values()]).to(torch.float64) * k
+        if self.sum_values is None:
+            self.sum_names, self.sum_values = list(metrics), values
+        else:
+            self.sum_values += values
+        self.count += k
+        return metrics
+
     def _batch(self, index: Tensor) -> Batch:
         x, y = self.data.train.batch(index)
         x = x.to(self.device, non_blocking=True)
@@ -203,9 +214,9 @@ class Trainer:
         record: dict = {"epoch": self.epoch + 1, "step": (self.epoch + 1) * self.steps_per_epoch}
         dims = self.data.info.dims
         count = max(self.count, 1)
-        for name, total in self.sums.items():
+        for name, total in self._sums().items():
             record[f"train_{name}"] = float(total) / count
-        if "elbo" in self.sums:
+        if "elbo" in self.sum_names:
             record["train_bits_per_dim"] = bits_per_dim(-record["train_elbo"], dims)
         if self.data.val is not None and len(self.data.val):
             for name, value in self.validate().items():
@@ -217,7 +228,8 @@ class Trainer:
         self.history.append(record)
         self.epoch += 1
         self.batch_in_epoch = 0
-        self.sums, self.count, self.seconds, self.skipped_epoch = {}, 0, 0.0, 0
+        self.sum_names, self.sum_values = [], None
+        self.count, self.seconds, self.skipped_epoch = 0, 0.0, 0
         self.save_checkpoint()
         self.log(_summary(record, self.config.epochs))
 
@@ -256,7 +268,7 @@ class Trainer:
             "epoch_start_shuffle": self.epoch_start_shuffle,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "sums": dict(self.sums),
+            "sums": self._sums(),
             "count": self.count,
             "seconds": self.seconds,
             "nonfinite_run": self.nonfinite_run,
@@ -282,7 +294,9 @@ class Trainer:
         self.epoch_start_shuffle = state["epoch_start_shuffle"]
         self.epoch = state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
-        self.sums = {k: v.to(torch.float64) for k, v in state["sums"].items()}
+        sums = state["sums"]
+        self.sum_names = list(sums)
+        self.sum_values = torch.stack([sums[k].to(torch.float64) for k in sums]) if sums else None
         self.count = state["count"]
         self.seconds = state["seconds"]
         self.nonfinite_run = state["nonfinite_run"]
@@ -294,6 +308,9 @@ class Trainer:
             debris.unlink()
         save_weights(self.run_dir, self.model)
         self._write_metrics()
+
+    def _sums(self) -> dict[str, Tensor]:
+        return {} if self.sum_values is None else dict(zip(self.sum_names, self.sum_values))
 
     def _write_metrics(self) -> None:
         write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -330,18 +347,6 @@ class Trainer:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _flush_denormals() -> Iterator[None]:
-    """Adam's second-moment estimates drift into denormal floats, which make every optimizer step
-    several times slower on x86 CPUs; flushing them to zero changes no result that matters."""
-    supported = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if supported:
-            torch.set_flush_denormal(False)
 
 
 def _summary(r: dict, epochs: int) -> str:

@@ -1,0 +1,61 @@
+"""Training speed: vaekit's pytorch-example preset against pytorch/examples' VAE, side by side.
+
+Same machine, same data (Fashion-MNIST 60k train / 10k test), same model (784-400-20, ReLU,
+Bernoulli/BCE on grey levels), batch 128, Adam 1e-3, E epochs. Reports seconds per epoch (mean of
+all epochs) and the test ELBO after E epochs (one posterior sample per example, as the example's
+test loss), for vaekit in fp32 (the default) and bf16 autocast.
+
+Run: python bench/train_speed.py [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+
+from common import HERE, RESULTS, VAEKIT, json_lines, machine, markdown_table, require_fashion_mnist, run, save
+
+
+def vaekit_run(name: str, epochs: int, precision: str) -> dict:
+    out = RESULTS / "runs" / name
+    shutil.rmtree(out, ignore_errors=True)
+    run([*VAEKIT, "train", "--data", "fashion-mnist", "--preset", "pytorch-example", "--val-fraction", "0",
+         "--epochs", epochs, "--precision", precision, "--seed", "1", "--out", out, "--quiet"])
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ev = json.loads(run([*VAEKIT, "evaluate", out, "--iw", "1", "--json"]))
+    return {"seconds": [r["seconds"] for r in history], "test_elbo": ev["elbo"], "run": str(out)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--epochs", type=int, default=10)
+    args = p.parse_args()
+    fashion = require_fashion_mnist()
+    print(f"train_speed: {args.epochs} epochs each on {machine()}", file=sys.stderr, flush=True)
+
+    ref_lines = json_lines(run([sys.executable, HERE / "reference_examples_vae.py", "--epochs", args.epochs,
+                                "--fashion-dir", fashion]))
+    ref = {"seconds": [r["seconds"] for r in ref_lines], "test_elbo": -ref_lines[-1]["test_loss"]}
+    fp32 = vaekit_run("train-fp32", args.epochs, "fp32")
+    bf16 = vaekit_run("train-bf16", args.epochs, "bf16")
+
+    ref_s = statistics.mean(ref["seconds"])
+    rows = []
+    for name, r in (("pytorch/examples VAE (reference)", ref), ("vaekit --preset pytorch-example (fp32, default)",
+                    fp32), ("vaekit --preset pytorch-example --precision bf16", bf16)):
+        s = statistics.mean(r["seconds"])
+        rows.append({"implementation": name, "s/epoch": s, "speed-up": ref_s / s, "test ELBO (nats)": r["test_elbo"],
+                     "ELBO - reference": r["test_elbo"] - ref["test_elbo"]})
+    table = markdown_table(rows, ["implementation", "s/epoch", "speed-up", "test ELBO (nats)", "ELBO - reference"])
+    header = (f"Training, Fashion-MNIST 60k/10k, 784-400-20, batch 128, Adam 1e-3, {args.epochs} epochs "
+              f"({machine()})\n\n")
+    print(header + table)
+    save("train_speed", {"epochs": args.epochs, "reference": ref, "fp32": fp32, "bf16": bf16, "rows": rows},
+         header + table)
+
+
+if __name__ == "__main__":
+    main()
