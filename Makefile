@@ -1,4 +1,6 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,8 +12,8 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch pinned here: the CPU build from the local wheel, never the multi-GB CUDA wheels
-	$(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(PIP) install torch==2.13.0 2>&1 | sed '/is ignored/d'
+	$(PIP) install -e '.[dev]' 2>&1 | sed '/is ignored/d'
 	$(BIN)/python -c "import torch, vaekit; assert torch.__version__.startswith('2.13.0')"
 	rm -f $(VENV)/.installed-*
 	touch $@
