@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from vaekit.run import read_metrics  # noqa: F401  (re-exported for the tests)
 
 
 def tiny_train(out: Path, data: str = "digits", epochs: int = 2, model: str = "mlp", conditional: bool = False,
@@ -19,10 +20,6 @@ def tiny_train(out: Path, data: str = "digits", epochs: int = 2, model: str = "m
     return train(out, model=model, model_overrides={**default, **(overrides or {})}, conditional=conditional,
                  data=DataConfig(spec=str(data), limit=limit, **(data_options or {})),
                  training=TrainConfig(epochs=epochs, **training), overwrite=True, progress=False)
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def without_time(history: list[dict]) -> list[dict]:

@@ -9,6 +9,7 @@ config.json::
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,14 @@ def load_state_strict(model, tensors: dict, where: str) -> None:
 def _few(items: list[str], n: int = 3) -> str:
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The per-epoch records of RUN/metrics.jsonl (empty before the first epoch ends)."""
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def build_model(cfg: RunConfig):

@@ -27,10 +27,6 @@ def add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, metavar="RUN", help="a run directory written by 'vaekit train'")
 
 
-def add_out(parser: argparse.ArgumentParser, default_name: str) -> None:
-    parser.add_argument("--out", type=Path, default=None, help=f"PNG file to write (default: RUN/{default_name})")
-
-
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
@@ -63,6 +59,3 @@ def _check_device(device: str) -> str:
         raise VaekitError(f"device '{device}' requested but CUDA is not available")
     return device
 
-
-def output_path(args: argparse.Namespace, default_name: str) -> Path:
-    return args.out if args.out is not None else args.run / default_name

@@ -4,7 +4,6 @@ write report.html with every picture and the metrics table. About a minute on 2 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -81,14 +80,14 @@ def describe_run(run: Path, title: str, iw: int):
     """Evaluate a run and draw all its pictures: (metrics row, [(image, caption), ...])."""
     from vaekit.cli.common import run_data
     from vaekit.evaluation import evaluate
-    from vaekit.run import METRICS, load, read_run_config
+    from vaekit.run import load, read_metrics, read_run_config
     from vaekit.viz import pictures
 
     cfg = read_run_config(run)
     model = load(run)
     data = run_data(cfg)
     result = evaluate(model, data.test, k=iw, seed=0).as_dict()
-    history = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line.strip()]
+    history = read_metrics(run)
     info = data.info
     blocks = [(pictures.loss_curves(history), "loss curves (train solid, validation dashed)")]
     if model.config.conditional:
