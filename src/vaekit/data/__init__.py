@@ -109,6 +109,8 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
     ``saved`` is the DataInfo of an existing run: its standardisation statistics are reused and
     the data must still have the shape the run was trained on.
     """
+    if not cfg.spec:
+        raise VaekitError("this run records no data (its weights were imported); pass --data")
     opts = ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column)
     raw = read_source(cfg.spec, opts)
     x, y = raw.x, raw.y

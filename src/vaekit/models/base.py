@@ -26,29 +26,39 @@ LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in a
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Fields every VAE shares. ``data_shape`` is one example's shape: (D,) or (C, H, W)."""
+class LikelihoodConfig:
+    """The observation model's settings, which every model config carries. A model config also
+    provides ``data_shape`` (one example's shape) and ``num_classes`` (0 unless conditional)."""
 
-    data_shape: tuple[int, ...] = (784,)
-    latent_dim: int = 16
     likelihood: str = "bernoulli"
     sigma_mode: str = "learned"  # gaussian likelihood: learned | per-dim | fixed
     sigma: float = 1.0  # gaussian likelihood: the fixed value, or the initial one
-    num_classes: int = 0  # > 0 makes the model conditional (a CVAE)
 
     def __post_init__(self) -> None:
-        check(len(self.data_shape) > 0 and all(d > 0 for d in self.data_shape),
-              f"data_shape must be positive sizes, got {self.data_shape}")
-        check(self.latent_dim > 0, f"latent size (--latent-dim) must be a positive integer, got {self.latent_dim}")
         LIKELIHOODS.get(self.likelihood)  # names the unknown likelihood
         check(self.sigma_mode in SIGMA_MODES,
               f"sigma mode must be one of {', '.join(SIGMA_MODES)}, got '{self.sigma_mode}'")
         check(self.sigma > 0, f"sigma (--sigma) must be positive, got {self.sigma}")
-        check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
 
     @property
     def conditional(self) -> bool:
-        return self.num_classes > 0
+        return getattr(self, "num_classes", 0) > 0
+
+
+@dataclass(frozen=True)
+class ModelConfig(LikelihoodConfig):
+    """Fields every flat-latent VAE shares. ``data_shape`` is one example's shape: (D,) or (C, H, W)."""
+
+    data_shape: tuple[int, ...] = (784,)
+    latent_dim: int = 16
+    num_classes: int = 0  # > 0 makes the model conditional (a CVAE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.data_shape) > 0 and all(d > 0 for d in self.data_shape),
+              f"data_shape must be positive sizes, got {self.data_shape}")
+        check(self.latent_dim > 0, f"latent size (--latent-dim) must be a positive integer, got {self.latent_dim}")
+        check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
 
 
 @dataclass
@@ -62,12 +72,25 @@ class VAE(nn.Module):
     """Base class of all vaekit VAEs; subclasses register with ``@MODELS.register(name)``."""
 
     name: ClassVar[str] = ""
-    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    config_class: ClassVar[type[LikelihoodConfig]] = ModelConfig
+    input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # how images are scaled for this model
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()
         self.config = config
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, config.sigma_mode, config.sigma)
+
+    @classmethod
+    def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
+        """Fill in the config fields that follow from the data (``info`` is a DataInfo)."""
+        fields = dict(fields)
+        fields["data_shape"] = list(info.shape)
+        if conditional:
+            if info.num_classes < 2:
+                raise VaekitError(f"--conditional needs labelled data with at least 2 classes; {info.source} has "
+                                  f"{'no labels' if info.num_classes == 0 else 'one class'}")
+            fields["num_classes"] = info.num_classes
+        return fields
 
     # -- what a model family implements -------------------------------------------------------
     def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -20,23 +20,17 @@ from vaekit.training.trainer import Trainer
 
 
 def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, conditional: bool = False):
-    """The model family's config for this data: data_shape, classes and likelihood filled in.
+    """The model family's config for this data: shapes, classes and likelihood filled in.
 
     ``likelihood: "auto"`` picks bernoulli for data in [0, 1] and gaussian otherwise.
     """
     from vaekit.models import MODELS
 
     cls = MODELS.get(model)
-    fields = dict(overrides)
-    fields["data_shape"] = list(info.shape)
+    fields = cls.config_for_data(overrides, info, conditional)
     if fields.get("likelihood", "auto") == "auto":
         lo, hi = info.value_range
         fields["likelihood"] = "bernoulli" if lo >= 0 and hi <= 1 else "gaussian"
-    if conditional:
-        if info.num_classes < 2:
-            raise VaekitError(f"--conditional needs labelled data with at least 2 classes; {info.source} has "
-                              f"{'no labels' if info.num_classes == 0 else 'one class'}")
-        fields["num_classes"] = info.num_classes
     config = from_dict(cls.config_class, fields, f"{model} model")
     return cls, config
 
