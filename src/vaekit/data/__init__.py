@@ -1,7 +1,8 @@
-"""Data: read any accepted source, check it, split it and hold it in memory as one tensor.
+"""Data: read any accepted source, check it, split it, and serve batches by index.
 
-Batches are taken by index from that tensor (``ArrayData.batch``), so the hot path does no
-per-example Python work.
+Data that fits in memory is held as one tensor (``ArrayData``), so the hot path does no
+per-example Python work. Image folders trained with ``augment`` (random crops and flips, as the
+KL autoencoder wants) and sources of differently sized photos are streamed (``ImageStream``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from torch import Tensor
 
 from vaekit.config import check
 from vaekit.data.sources import DATASETS, RawData, ReadOptions, read_source
+from vaekit.data.stream import ImageStream
 from vaekit.errors import VaekitError
 
-__all__ = ["DATASETS", "ArrayData", "DataConfig", "DataInfo", "DataSplits", "load_data"]
+__all__ = ["DATASETS", "ArrayData", "DataConfig", "DataInfo", "DataSplits", "ImageStream", "load_data"]
 
 COLORS = ("auto", "grey", "rgb")
 BINARIZE = ("none", "static", "dynamic")
 EVAL_BINARIZE_SEED = 20_140_101  # held-out data is binarised once, with this fixed seed
+STREAM_HELD_OUT = 0.2  # streamed sources: an 80/20 seeded split of the images
 
 
 @dataclass(frozen=True)
 class DataConfig:
     spec: str = "digits"
-    test_spec: str | None = None
+    test_spec: str | None = None  # --test-data / --val-data
     val_fraction: float = 0.1  # of the training data, held out for per-epoch validation
     test_fraction: float = 0.1  # used only when the source has no test split and no --test-data
     split_seed: int = 0
@@ -36,6 +39,11 @@ class DataConfig:
     skip_bad: bool = False
     label_column: str | None = None  # CSV: the column that holds class labels
     limit: int | None = None  # keep only the first N training examples
+    pad_to: int | None = None  # zero-pad images to N x N (e.g. Fashion-MNIST to 32 for an f8 model)
+    augment: bool = False  # image folders: stream them with random crops and flips for training
+    resize: bool = True  # streams: resize the shorter side to --resolution before cropping
+    samples_per_epoch: int | None = None  # streams: training examples per epoch (crops per image > 1)
+    eval_samples: int | None = None  # streams: held-out examples (crops fixed by the seed)
 
     def __post_init__(self) -> None:
         check(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
@@ -43,7 +51,9 @@ class DataConfig:
         check(self.resolution is None or self.resolution >= 1, f"--resolution must be >= 1, got {self.resolution}")
         check(self.color in COLORS, f"unknown color mode '{self.color}' (choose from: {', '.join(COLORS)})")
         check(self.binarize in BINARIZE, f"unknown --binarize '{self.binarize}' (choose from: {', '.join(BINARIZE)})")
-        check(self.limit is None or self.limit >= 1, f"--limit must be >= 1, got {self.limit}")
+        for name in ("limit", "pad_to", "samples_per_epoch", "eval_samples"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -55,13 +65,15 @@ class DataInfo:
     num_classes: int = 0
     class_names: tuple[str, ...] = ()
     feature_names: tuple[str, ...] = ()
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] = (0.0, 1.0)  # of the training data as served
+    input_range: tuple[float, float] = (0.0, 1.0)  # what 8-bit images are mapped to
     standardize_mean: tuple[float, ...] = ()  # vector data from CSV: per-column statistics of the
     standardize_std: tuple[float, ...] = ()  # training split, applied to every split
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
     test_source: str = "split"  # split | own | file
+    streamed: bool = False
     skipped_files: int = 0
     source: str = ""
 
@@ -80,6 +92,10 @@ class ArrayData:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.x.index_select(0, index), None if self.y is None else self.y.index_select(0, index)
 
@@ -89,34 +105,46 @@ class ArrayData:
 
 @dataclass
 class DataSplits:
-    train: ArrayData
-    val: ArrayData | None
-    test: ArrayData
+    train: ArrayData | ImageStream
+    val: ArrayData | ImageStream | None
+    test: ArrayData | ImageStream
     info: DataInfo
     binarize: str = "none"
     notes: list[str] = field(default_factory=list)
 
-    def split(self, name: str) -> ArrayData:
+    def split(self, name: str):
         data = {"train": self.train, "val": self.val, "test": self.test}[name]
         if data is None or len(data) == 0:
             raise VaekitError(f"this run has no '{name}' split (it was trained with --val-fraction 0)")
         return data
 
 
-def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
+def load_data(cfg: DataConfig, saved: DataInfo | None = None,
+              input_range: tuple[float, float] = (0.0, 1.0)) -> DataSplits:
     """Read, check, split and scale the data described by ``cfg``.
 
-    ``saved`` is the DataInfo of an existing run: its standardisation statistics are reused and
+    8-bit images are mapped to ``input_range`` ([0, 1], or [-1, 1] for the KL autoencoder).
+    ``saved`` is the DataInfo of an existing run: its scaling and standardisation are reused and
     the data must still have the shape the run was trained on.
     """
     if not cfg.spec:
         raise VaekitError("this run records no data (its weights were imported); pass --data")
-    opts = ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column)
+    if saved is not None:
+        input_range = tuple(saved.input_range)
+    opts = ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column, lazy=cfg.augment)
     raw = read_source(cfg.spec, opts)
+    if raw.items is not None:
+        return _load_stream(cfg, raw, opts, input_range, saved)
+    return _load_arrays(cfg, raw, opts, input_range, saved)
+
+
+def _load_arrays(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, saved: DataInfo | None) -> DataSplits:
     x, y = raw.x, raw.y
     check_finite(x, raw.source)
     if cfg.test_spec is not None:
-        test_raw = read_source(cfg.test_spec, opts)
+        test_raw = read_source(cfg.test_spec, ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column))
+        if test_raw.x is None:
+            raise VaekitError(f"{cfg.test_spec}: cannot serve as test data for in-memory training data")
         x_test, y_test, test_source = test_raw.x, test_raw.y, "file"
         check_finite(x_test, test_raw.source)
         if x_test.shape[1:] != x.shape[1:]:
@@ -152,10 +180,7 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
     if cfg.limit is not None:
         x, y = x[: cfg.limit], None if y is None else y[: cfg.limit]
 
-    scale = _scaler(raw, x, saved)
-    if saved is not None and saved.shape and tuple(x.shape[1:]) != tuple(saved.shape):
-        raise VaekitError(f"{cfg.spec}: examples now have shape {tuple(x.shape[1:])}, but the run was trained on "
-                          f"{tuple(saved.shape)}")
+    scale = _scaler(raw, x, saved, input_range, cfg.pad_to)
     labels = [a for a in (y, y_val, y_test) if a is not None]
     num_classes = int(max(a.max() for a in labels)) + 1 if labels and y is not None else 0
     if saved is not None:
@@ -165,6 +190,7 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
     train = ArrayData(scale(x), _tensor_labels(y if num_classes else None))
     val = ArrayData(scale(x_val), _tensor_labels(y_val if num_classes else None)) if x_val is not None else None
     test = ArrayData(scale(x_test), _tensor_labels(y_test if num_classes and y_test is not None else None))
+    _check_saved_shape(cfg, train.shape, saved)
     lo, hi = float(train.x.min()), float(train.x.max())
 
     if cfg.binarize != "none":
@@ -179,11 +205,12 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
 
     info = DataInfo(
         kind=raw.kind,
-        shape=tuple(int(s) for s in train.x.shape[1:]),
+        shape=train.shape,
         num_classes=num_classes,
         class_names=tuple(class_names[:num_classes]) if num_classes else (),
         feature_names=raw.feature_names,
         value_range=(lo, hi),
+        input_range=tuple(input_range),
         standardize_mean=scale.mean,
         standardize_std=scale.std,
         n_train=len(train),
@@ -193,8 +220,57 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None) -> DataSplits:
         skipped_files=raw.skipped,
         source=raw.source,
     )
-    notes = [f"skipped {raw.skipped} unreadable image file(s)"] if raw.skipped else []
-    return DataSplits(train, val, test, info, cfg.binarize, notes)
+    return DataSplits(train, val, test, info, cfg.binarize, _notes(raw))
+
+
+def _load_stream(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, saved: DataInfo | None) -> DataSplits:
+    """Streamed images: an 80/20 seeded split of the images (or --val-data); the held-out part
+    serves as both validation and test split."""
+    if cfg.resolution is None:
+        raise VaekitError(f"{raw.source}: streamed images need --resolution N (the crop size)")
+    if cfg.binarize != "none":
+        raise VaekitError("--binarize applies to in-memory data, not to streamed images")
+    items, labels = list(raw.items), raw.y
+    grey = cfg.color == "grey" or (cfg.color == "auto" and raw.grey)
+    if cfg.test_spec is not None:
+        held_raw = read_source(cfg.test_spec, ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, lazy=True))
+        if held_raw.items is None:
+            raise VaekitError(f"{cfg.test_spec}: --val-data for streamed images must be a folder of images")
+        held, held_labels, test_source = list(held_raw.items), held_raw.y, "file"
+    else:
+        if len(items) < 2:
+            raise VaekitError(f"{raw.source}: {len(items)} image(s) are too few to hold some out")
+        perm = np.random.default_rng(cfg.split_seed).permutation(len(items))
+        n_held = max(1, round(STREAM_HELD_OUT * len(items)))
+        held = [items[i] for i in perm[:n_held]]
+        held_labels = None if labels is None else labels[perm[:n_held]]
+        items = [items[i] for i in perm[n_held:]]
+        labels = None if labels is None else labels[perm[n_held:]]
+        test_source = "split"
+    if cfg.limit is not None:
+        items, labels = items[: cfg.limit], None if labels is None else labels[: cfg.limit]
+    common = {"resolution": cfg.resolution, "grey": grey, "resize": cfg.resize, "input_range": tuple(input_range),
+              "seed": cfg.split_seed}
+    train = ImageStream(items, labels, augment=cfg.augment, length=cfg.samples_per_epoch, **common)
+    held_out = ImageStream(held, held_labels, augment=False, length=cfg.eval_samples, **common)
+    _check_saved_shape(cfg, train.shape, saved)
+    num_classes = 0 if labels is None else int(labels.max()) + 1
+    info = DataInfo(
+        kind="image", shape=train.shape, num_classes=num_classes, class_names=raw.class_names[:num_classes],
+        value_range=tuple(input_range), input_range=tuple(input_range), n_train=len(train), n_val=len(held_out),
+        n_test=len(held_out), test_source=test_source, streamed=True, skipped_files=raw.skipped, source=raw.source,
+    )
+    return DataSplits(train, held_out, held_out, info, "none", _notes(raw))
+
+
+def _notes(raw: RawData) -> list[str]:
+    return [f"skipped {raw.skipped} unreadable image file(s)"] if raw.skipped else []
+
+
+def _check_saved_shape(cfg: DataConfig, shape: tuple[int, ...], saved: DataInfo | None) -> None:
+    if saved is not None and saved.shape and tuple(shape) != tuple(saved.shape):
+        raise VaekitError(f"{cfg.spec}: examples now have shape {tuple(shape)}, but the run was trained on "
+                          f"{tuple(saved.shape)}")
 
 
 def check_finite(x: np.ndarray, source: str) -> None:
@@ -208,23 +284,38 @@ def check_finite(x: np.ndarray, source: str) -> None:
 
 
 class _Scaler:
-    """uint8 -> [0, 1]; CSV columns -> standardised; other floats unchanged."""
+    """uint8 -> ``input_range``; CSV columns -> standardised; other floats unchanged; optional
+    zero padding of images (padding is 0 in the 8-bit scale: black)."""
 
-    def __init__(self, mean: tuple[float, ...] = (), std: tuple[float, ...] = (), divide: float = 1.0):
-        self.mean, self.std, self.divide = mean, std, divide
+    def __init__(self, mean: tuple[float, ...] = (), std: tuple[float, ...] = (), divide: float = 1.0,
+                 offset: float = 0.0, pad_to: int | None = None):
+        self.mean, self.std, self.divide, self.offset, self.pad_to = mean, std, divide, offset, pad_to
 
     def __call__(self, a: np.ndarray) -> Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a)).float()
-        if self.divide != 1.0:
-            t = t / self.divide
+        if self.pad_to is not None:
+            t = _pad(t, self.pad_to)
+        if self.divide != 1.0 or self.offset:
+            t = t / self.divide + self.offset
         if self.mean:
             t = (t - torch.tensor(self.mean)) / torch.tensor(self.std)
         return t.contiguous()
 
 
-def _scaler(raw: RawData, x_train: np.ndarray, saved: DataInfo | None) -> _Scaler:
+def _pad(t: Tensor, size: int) -> Tensor:
+    if t.dim() != 4:
+        raise VaekitError("--pad-to applies to images only")
+    h, w = t.shape[-2:]
+    if h > size or w > size:
+        raise VaekitError(f"--pad-to {size} is smaller than the images ({h}x{w})")
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(t, (left, size - w - left, top, size - h - top))
+
+
+def _scaler(raw: RawData, x_train: np.ndarray, saved: DataInfo | None, input_range, pad_to: int | None) -> _Scaler:
+    lo, hi = input_range
     if raw.x.dtype == np.uint8:
-        return _Scaler(divide=255.0)
+        return _Scaler(divide=255.0 / (hi - lo), offset=lo, pad_to=pad_to)
     if raw.feature_names:  # CSV
         if saved is not None and saved.standardize_mean:
             return _Scaler(saved.standardize_mean, saved.standardize_std)
@@ -232,7 +323,9 @@ def _scaler(raw: RawData, x_train: np.ndarray, saved: DataInfo | None) -> _Scale
         std = x_train.astype(np.float64).std(0)
         std[std == 0] = 1.0  # a constant column stays constant (zero) instead of dividing by zero
         return _Scaler(tuple(float(v) for v in mean), tuple(float(v) for v in std))
-    return _Scaler()
+    if (lo, hi) != (0.0, 1.0) and raw.kind == "image":  # float images are taken to be in [0, 1]
+        return _Scaler(divide=1.0 / (hi - lo), offset=lo, pad_to=pad_to)
+    return _Scaler(pad_to=pad_to)
 
 
 def _tensor_labels(y: np.ndarray | None) -> Tensor | None:

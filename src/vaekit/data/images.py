@@ -58,21 +58,64 @@ def fit_resolution(im, resolution: int):
     return im.crop((left, top, left + resolution, top + resolution))
 
 
+def to_mode(im, grey: bool):
+    """Any Pillow image as 8-bit grey ("L") or RGB: 16-bit and float images are rescaled rather
+    than clipped, and transparent pixels are composited on white."""
+    from PIL import Image
+
+    target = "L" if grey else "RGB"
+    if im.mode == target:
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert(target)
+
+
 def to_array(im, grey: bool) -> np.ndarray:
     """[C, H, W] uint8."""
-    if grey:
-        a = np.asarray(im.convert("L"), dtype=np.uint8)[None]
-    else:
-        a = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    return np.ascontiguousarray(a)
+    a = np.asarray(to_mode(im, grey), dtype=np.uint8)
+    return np.ascontiguousarray(a[None] if grey else a.transpose(2, 0, 1))
 
 
-def read_image_folder(root: Path, resolution: int | None, color: str, skip_bad: bool):
+def check_images(files: list[Path], skip_bad: bool) -> tuple[list[Path], int]:
+    """Open every file's header and verify it (cheap: no full decode); name the first bad file,
+    or drop bad files with ``skip_bad``."""
+    from PIL import Image, UnidentifiedImageError
+
+    good = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            good.append(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            if not skip_bad:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise VaekitError(f"{path}: cannot read image ({reason})") from None
+    return good, len(files) - len(good)
+
+
+def read_image_folder(root: Path, resolution: int | None, color: str, skip_bad: bool, lazy: bool = False):
+    """All images of a folder: decoded into one uint8 array, or (``lazy``) checked and listed for
+    an ImageStream."""
     from vaekit.data.sources import RawData
 
     files = list_images(root)
     if not files:
         raise VaekitError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if lazy:
+        files, skipped = check_images(files, skip_bad)
+        if not files:
+            raise VaekitError(f"{root}: none of the image files could be read")
+        y, names = class_of(root, files)
+        grey = color == "grey" or (color == "auto" and _all_grey(files))
+        return RawData(None, y, class_names=names, source=str(root), skipped=skipped, items=files, grey=grey)
 
     def load(path: Path):
         try:
@@ -102,6 +145,16 @@ def read_image_folder(root: Path, resolution: int | None, color: str, skip_bad: 
     x = np.stack([to_array(im, grey) for im in images])
     y, names = class_of(root, files)
     return RawData(x, y, class_names=names, source=str(root), skipped=skipped)
+
+
+def _all_grey(files: list[Path]) -> bool:
+    from PIL import Image
+
+    for path in files:
+        with Image.open(path) as im:
+            if im.mode not in GREY_MODES:
+                return False
+    return True
 
 
 def _two_sizes(files, images):

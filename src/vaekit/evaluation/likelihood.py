@@ -99,7 +99,7 @@ def evaluate(
         for name in ("recon", "kl", "elbo"):
             totals[name] += float(parts[name].double().sum())
         totals["ll"] += float(log_likelihood(model, x, y, k, batch_size, gen, posterior).sum())
-    dims = math.prod(data.x.shape[1:])
+    dims = math.prod(data.shape)
     nll = -totals["ll"] / n
     mu = torch.cat(means)
     active = int((mu.var(dim=0, unbiased=False) > ACTIVE_THRESHOLD).sum()) if n > 1 else 0

@@ -329,7 +329,7 @@ class AutoencoderKL(VAE):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parts for partial training (``--train decoder``, as sd-vae-ft-mse did)."""
-        decoder = list(self.decoder.parameters())
+        decoder = list(self.decoder.parameters()) + list(self.likelihood.parameters())
         if self.post_quant_conv is not None:
             decoder += list(self.post_quant_conv.parameters())
         encoder = list(self.encoder.parameters())

@@ -147,6 +147,11 @@ class VAE(nn.Module):
         z = posterior.sample(generator=generator)
         return VAEOutput(posterior, z, self.observation(z, y))
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parts for partial training: all, decoder (with the likelihood's parameters), encoder."""
+        decoder = list(self.decoder.parameters()) + list(self.likelihood.parameters())
+        return {"all": list(self.parameters()), "decoder": decoder, "encoder": list(self.encoder.parameters())}
+
     # -- what objectives and the estimator use --------------------------------------------------
     def kl_terms(self, out: VAEOutput) -> Tensor:
         """KL(q(z|x) || p(z)) per latent unit, [B, G]; the sum over G is the KL of the ELBO."""

@@ -61,7 +61,9 @@ def train(
     data_cfg = data or DataConfig()
     train_cfg = training or TrainConfig()
     OBJECTIVES.get(train_cfg.objective)
-    splits = load_data(data_cfg)
+    from vaekit.models import MODELS
+
+    splits = load_data(data_cfg, input_range=MODELS.get(model).input_range)
     for note in splits.notes:
         (log or print)(note)
     model_cls, model_cfg = model_config_for(model, model_overrides or {}, splits.info, conditional)

@@ -8,6 +8,8 @@ from vaekit.config import check
 
 PRECISIONS = ("fp32", "bf16")
 KL_SCHEDULES = ("constant", "linear", "cyclical")
+TRAIN_PARTS = ("all", "decoder", "encoder")
+PIXEL_LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,20 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     max_nonfinite: int = 20  # consecutive non-finite steps before training stops
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: once per epoch
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    train_part: str = "all"  # all | decoder (fine-tune the decoder only, as sd-vae-ft-mse) | encoder
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 disables (LDM: 0.9999)
+    # the LDM autoencoder objective ("ldm"; Rombach et al. 2022, Esser et al. 2021)
+    pixel_loss: str = "l1"  # l1 | l2
+    perceptual_weight: float = 1.0  # LPIPS weight
+    lpips_net: str = "vgg"  # vgg (as LDM) | alex
+    disc_start: int = 50001  # optimizer steps before the discriminator joins
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+    disc_ndf: int = 64
+    disc_layers: int = 3
+    learn_logvar: bool = False  # LDM keeps the output log-variance at its initial value
+    logvar_init: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"epochs (--epochs) must be >= 1, got {self.epochs}")
@@ -47,3 +63,13 @@ class TrainConfig:
         check(self.grad_accum >= 1, f"gradient accumulation must be >= 1, got {self.grad_accum}")
         check(self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}")
         check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        check(all(0 <= b < 1 for b in self.adam_betas), f"Adam betas must be in [0, 1), got {self.adam_betas}")
+        check(self.train_part in TRAIN_PARTS,
+              f"unknown --train '{self.train_part}' (choose from: {', '.join(TRAIN_PARTS)})")
+        check(0 <= self.ema_decay < 1, f"--ema must be in [0, 1), got {self.ema_decay}")
+        check(self.pixel_loss in PIXEL_LOSSES,
+              f"unknown --pixel-loss '{self.pixel_loss}' (choose from: {', '.join(PIXEL_LOSSES)})")
+        check(self.perceptual_weight >= 0, f"--perceptual-weight must be >= 0, got {self.perceptual_weight}")
+        check(self.disc_start >= 0, f"--disc-start must be >= 0, got {self.disc_start}")
+        check(self.disc_weight >= 0 and self.disc_factor >= 0, "discriminator weights must be >= 0")
+        check(self.disc_ndf >= 1 and self.disc_layers >= 1, "the discriminator needs ndf >= 1 and layers >= 1")

@@ -34,6 +34,7 @@ from vaekit.run import CHECKPOINT, METRICS, save_weights
 from vaekit.runtime import tune_cpu
 from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
 from vaekit.training.config import TrainConfig
+from vaekit.training.ema import EMA
 
 VAL_BATCH = 1024
 
@@ -54,6 +55,7 @@ class StepContext:
         self.kl_weight = 1.0
         self.skipped = False
         self.accumulating = False
+        self.stepped: set[str] = set()  # optimizers that updated their parameters in this step
 
     @property
     def device(self) -> torch.device:
@@ -84,6 +86,7 @@ class StepContext:
                 return False
         opt.step()
         opt.zero_grad(set_to_none=True)
+        self.stepped.add(name)
         return True
 
 
@@ -118,6 +121,7 @@ class Trainer:
         )
         self.shuffle = torch.Generator().manual_seed(config.seed + 1)
         self.ctx = StepContext(self)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         # position and running state (all of it goes into the checkpoint)
         self.epoch = 0  # completed epochs
         self.batch_in_epoch = 0
@@ -184,8 +188,11 @@ class Trainer:
         ctx.epoch = self.epoch
         ctx.kl_weight = cfg.beta * self.schedule(ctx.step)
         ctx.skipped = False
+        ctx.stepped = set()
         ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch
         metrics = self.objective.training_step(self.model, batch, ctx)
+        if self.ema is not None and "model" in ctx.stepped:
+            self.ema.update(self.model)
         if ctx.skipped:
             self.nonfinite_run += 1
             self.skipped_epoch += 1
@@ -195,11 +202,16 @@ class Trainer:
         self.nonfinite_run = 0
         k = len(index)
         # one stacked add per step, in float64 so the running sums survive a resume exactly
-        values = torch.stack([v.detach() for v in metrics.values()]).to(torch.float64) * k
+        values = torch.stack([v.detach().float() for v in metrics.values()]).to(torch.float64) * k
         if self.sum_values is None:
             self.sum_names, self.sum_values = list(metrics), values
-        else:
+        elif list(metrics) == self.sum_names:
             self.sum_values += values
+        else:  # an objective whose logged values changed mid-epoch: merge by name
+            merged = self._sums()
+            for name, v in zip(metrics, values):
+                merged[name] = merged.get(name, torch.zeros((), dtype=torch.float64)) + v
+            self.sum_names, self.sum_values = list(merged), torch.stack(list(merged.values()))
         self.count += k
         return metrics
 
@@ -237,6 +249,13 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Per-example means of the objective's validation parts on the validation split, with a
         fixed noise generator so epochs are comparable and training's RNG stream is untouched."""
+        with self._evaluation_weights():
+            return self._validate()
+
+    def _evaluation_weights(self):
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
+
+    def _validate(self) -> dict[str, float]:
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
         val = self.data.val
@@ -274,13 +293,19 @@ class Trainer:
             "nonfinite_run": self.nonfinite_run,
             "skipped_epoch": self.skipped_epoch,
             "history": self.history,
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def save_checkpoint(self) -> None:
         """Checkpoint first (it holds the history), then the weights and metrics derived from it."""
         save_checkpoint(self.run_dir / CHECKPOINT, self.state())
-        save_weights(self.run_dir, self.model)
+        self._save_weights()
         self._write_metrics()
+
+    def _save_weights(self) -> None:
+        """model.safetensors holds the weights evaluation should use: the average, when kept."""
+        with self._evaluation_weights():
+            save_weights(self.run_dir, self.model)
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -302,11 +327,13 @@ class Trainer:
         self.nonfinite_run = state["nonfinite_run"]
         self.skipped_epoch = state["skipped_epoch"]
         self.history = list(state["history"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         # after a kill -9: a write may have been cut short (its temp file is debris), and the files
         # derived from the checkpoint may be older or newer than it
         for debris in self.run_dir.glob(".*.tmp"):
             debris.unlink()
-        save_weights(self.run_dir, self.model)
+        self._save_weights()
         self._write_metrics()
 
     def _sums(self) -> dict[str, Tensor]:

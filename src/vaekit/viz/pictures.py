@@ -110,8 +110,8 @@ def interpolations(model, data: ArrayData, info: DataInfo, i: int = 0, j: int = 
         raise VaekitError(f"--steps must be >= 2, got {steps}")
     model.eval()
     dev = _device(model)
-    x = data.x[[i, j]].to(dev)
-    y = None if data.y is None else data.y[[i, j]].to(dev)
+    x, y = data.batch(torch.tensor([i, j]))
+    x, y = x.to(dev), None if y is None else y.to(dev)
     z = model.encode(x, y).mean
     t = torch.linspace(0, 1, steps, device=dev)
     paths = {"linear": lerp(z[0], z[1], t), "spherical": slerp(z[0], z[1], t)}
@@ -139,8 +139,8 @@ def traversals(model, data: ArrayData, info: DataInfo, dims: int = 10, steps: in
     mu = posterior_means(model, data)
     activity = mu.var(0, unbiased=False)
     order = torch.argsort(activity, descending=True)[: max(1, min(dims, mu.shape[1]))]
-    x = data.x[index : index + 1].to(dev)
-    y = None if data.y is None else data.y[index : index + 1].to(dev)
+    x, y = data.batch(torch.tensor([index]))
+    x, y = x.to(dev), None if y is None else y.to(dev)
     base = model.encode(x, y).mean[0]
     values = torch.linspace(-span, span, steps, device=dev)
     rows = []
@@ -239,7 +239,7 @@ def _feature_histograms(x: Tensor, reference: ArrayData | None, info: DataInfo, 
     d = min(x.shape[1], MAX_FEATURES)
     names = _feature_names(info, x.shape[1])
     fig, axes = _grid_axes(d)
-    ref = None if reference is None else reference.x.flatten(1).numpy()
+    ref = None if reference is None else reference.take(len(reference)).x.flatten(1).numpy()
     for i, ax in zip(range(d), axes):
         bins = 30
         if ref is not None:

@@ -84,16 +84,27 @@ def elbo_parts(model: VAE, out: VAEOutput, x: Tensor) -> dict[str, Tensor]:
 
 
 class Objective(nn.Module):
-    """Base class: one optimizer named 'model' over the model's parameters (Adam)."""
+    """Base class: one optimizer named 'model' (Adam) over the trained part of the model
+    (``train_part``: all, or only the decoder/encoder, the rest frozen)."""
 
     name: ClassVar[str] = ""
 
     def __init__(self, model: VAE, config: TrainConfig) -> None:
         super().__init__()
         self.config = config
+        trained = {id(p) for p in model.parameter_groups()[config.train_part]}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trained)
+
+    @classmethod
+    def default_settings(cls, training: dict) -> dict:
+        """Training settings this objective changes from TrainConfig's defaults (applied under the
+        user's own), given the settings so far."""
+        return {}
 
     def optimizers(self, model: VAE) -> dict[str, torch.optim.Optimizer]:
-        return {"model": adam(model.parameters(), self.config.lr)}
+        params = [p for p in model.parameters() if p.requires_grad]
+        return {"model": adam(params, self.config.lr, self.config.adam_betas)}
 
     def training_step(self, model: VAE, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         """Run one step (through ``ctx.optimize``) and return batch means to log."""
@@ -109,7 +120,7 @@ class Objective(nn.Module):
 
 def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
     """Adam with the fused kernel (one pass over the parameters; several times faster on CPU)."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), fused=True)
 
 
 @OBJECTIVES.register("elbo")
@@ -133,3 +144,11 @@ class ELBO(Objective):
 
 def bits_per_dim(nats: float, dims: int) -> float:
     return nats / (dims * math.log(2.0))
+
+
+def _register_all() -> None:
+    """Objectives defined in their own modules register when imported."""
+    from vaekit.objectives import ldm  # noqa: F401
+
+
+_register_all()
