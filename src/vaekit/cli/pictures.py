@@ -65,11 +65,24 @@ class SampleCommand(PictureCommand):
 
 @command("reconstruct")
 class ReconstructCommand(PictureCommand):
-    help = "show held-out inputs above their reconstructions"
+    help = "show held-out inputs above their reconstructions, or reconstruct one IMAGE of any size (tiled)"
     default_name = "reconstructions.png"
 
     def add_options(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("image", type=Path, nargs="?", default=None,
+                       help="an image file to reconstruct at full size (image autoencoders)")
         p.add_argument("-n", type=positive_int, default=16, help="number of examples (default 16)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.image is None:
+            return super().run(args)
+        from vaekit.viz.grid import save_png
+        from vaekit.viz.pictures import reconstruct_file
+
+        _, model = open_run(args.run, args.device)
+        out = args.out if args.out is not None else args.run / "reconstruction.png"
+        print(save_png(reconstruct_file(model, args.image), out))
+        return 0
 
     def draw(self, model, cfg, data, args):
         from vaekit.viz.pictures import reconstructions

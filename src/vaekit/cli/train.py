@@ -23,6 +23,7 @@ class Flag:
     type: Any = str
     help: str = ""
     metavar: str | None = None
+    const: Any = None  # a switch: sets the field to this value
 
     @property
     def dest(self) -> str:
@@ -59,6 +60,37 @@ FLAGS = [
     Flag("--device", "training", "device", str, "cpu, cuda or cuda:N"),
     Flag("--grad-clip", "training", "grad_clip", float, "clip the gradient norm (0: off)", "G"),
     Flag("--checkpoint-every", "training", "checkpoint_every", positive_int, "also checkpoint every N steps", "N"),
+    Flag("--grad-accum", "training", "grad_accum", positive_int, "micro-batches per optimizer step", "N"),
+    # image autoencoders (--model autoencoder-kl; diffusers' field names)
+    Flag("--latent-channels", "model", "latent_channels", positive_int, "autoencoder-kl: latent channels", "C"),
+    Flag("--block-out-channels", "model", "block_out_channels", int_list,
+         "autoencoder-kl: channels per level, e.g. 128,256,512,512 (downsampling 2^(levels-1))", "C,..."),
+    Flag("--layers-per-block", "model", "layers_per_block", positive_int, "autoencoder-kl: resnets per level", "N"),
+    Flag("--norm-num-groups", "model", "norm_num_groups", positive_int, "autoencoder-kl: GroupNorm groups", "G"),
+    Flag("--sample-size", "model", "sample_size", positive_int, "autoencoder-kl: tile size in pixels", "N"),
+    Flag("--scaling-factor", "model", "scaling_factor", float, "autoencoder-kl: latent scaling for diffusion"),
+    Flag("--val-data", "data", "test_spec", str, "held-out images (default: an 80/20 seeded split)", "SPEC"),
+    Flag("--pad-to", "data", "pad_to", positive_int, "zero-pad images to N x N (e.g. 28 -> 32)", "N"),
+    Flag("--augment", "data", "augment", help="stream image folders with random crops and flips (default for "
+         "autoencoder-kl)", const=True),
+    Flag("--no-augment", "data", "augment", help="load image folders into memory, centre-cropped", const=False),
+    Flag("--no-resize", "data", "resize", help="streams: crop at native scale instead of resizing the shorter "
+         "side to --resolution first", const=False),
+    Flag("--samples-per-epoch", "data", "samples_per_epoch", positive_int, "streams: crops per epoch", "N"),
+    Flag("--eval-samples", "data", "eval_samples", positive_int, "streams: held-out crops", "N"),
+    Flag("--objective", "training", "objective", str, "elbo (default) or ldm (L1 + LPIPS + PatchGAN, for "
+         "autoencoder-kl)"),
+    Flag("--train", "training", "train_part", str, "all (default), decoder (fine-tune only the decoder, as "
+         "sd-vae-ft-mse) or encoder"),
+    Flag("--ema", "training", "ema_decay", float, "keep an exponential moving average of the weights with this "
+         "decay (e.g. 0.999); evaluation uses it", "DECAY"),
+    Flag("--pixel-loss", "training", "pixel_loss", str, "ldm: l1 (default) or l2"),
+    Flag("--perceptual-weight", "training", "perceptual_weight", float, "ldm: LPIPS weight (default 1)", "W"),
+    Flag("--lpips-net", "training", "lpips_net", str, "ldm: vgg (default) or alex"),
+    Flag("--disc-start", "training", "disc_start", int, "ldm: steps before the discriminator joins (default 50001)",
+         "N"),
+    Flag("--disc-weight", "training", "disc_weight", float, "ldm: adversarial weight (default 0.5)", "W"),
+    Flag("--learn-logvar", "training", "learn_logvar", help="ldm: learn the output log-variance", const=True),
 ]
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
@@ -78,7 +110,10 @@ class TrainCommand(Command):
         p.add_argument("--sigma", help="gaussian likelihood: learned (default), per-dim, or a fixed value")
         p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable image files")
         for f in FLAGS:
-            p.add_argument(f.name, type=f.type, default=None, help=f.help, metavar=f.metavar)
+            if f.const is not None:
+                p.add_argument(f.name, action="store_const", const=f.const, default=None, help=f.help)
+            else:
+                p.add_argument(f.name, type=f.type, default=None, help=f.help, metavar=f.metavar)
         p.add_argument("--config", type=Path, help="JSON with 'model', 'data' and 'training' sections (a run's "
                        "config.json works)", metavar="FILE.json")
         p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
@@ -138,6 +173,15 @@ class TrainCommand(Command):
             value = getattr(args, f.dest)
             if value is not None:
                 sections[f.section][f.field] = value
+        # what the model family and the objective change from the defaults, under the user's settings
+        from vaekit.models import MODELS
+        from vaekit.objectives import OBJECTIVES
+
+        for key, value in MODELS.get(model).data_defaults.items():
+            sections["data"].setdefault(key, value)
+        objective = OBJECTIVES.get(sections["training"].get("objective", "elbo"))
+        for key, value in objective.default_settings(sections["training"]).items():
+            sections["training"].setdefault(key, value)
         return model, sections, conditional
 
     def _resume(self, args: argparse.Namespace, log, progress) -> int:

@@ -11,6 +11,7 @@ in [-1, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -237,6 +238,8 @@ class AutoencoderKL(VAE):
     name = "autoencoder-kl"
     config_class = AutoencoderKLConfig
     input_range = (-1.0, 1.0)
+    evaluator = "images"
+    data_defaults: ClassVar[dict] = {"augment": True}  # image folders: random crops and flips, streamed
 
     def __init__(self, config: AutoencoderKLConfig) -> None:
         super().__init__(config)

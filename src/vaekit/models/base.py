@@ -74,6 +74,8 @@ class VAE(nn.Module):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[LikelihoodConfig]] = ModelConfig
     input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # how images are scaled for this model
+    evaluator: ClassVar[str] = "likelihood"  # what `vaekit evaluate` measures: likelihood | images
+    data_defaults: ClassVar[dict] = {}  # data settings this model changes from DataConfig's defaults
 
     def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()

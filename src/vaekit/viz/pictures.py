@@ -82,6 +82,39 @@ def reconstructions(model, data: ArrayData, info: DataInfo, n: int = 16):
     return _feature_scatter(sub.x, recon, info)
 
 
+@torch.no_grad()
+def reconstruct_file(model, path):
+    """One image file of any size through an image autoencoder, tiled: the reconstruction as a PIL
+    image of the same size (edges are padded by reflection to the downsampling factor and cropped
+    back). Grey, palette, 16-bit and transparent images are converted to the model's channels."""
+    from PIL import Image
+
+    from vaekit.data.images import open_image, to_mode
+
+    if not hasattr(model, "decode_tiled"):
+        raise VaekitError(f"reconstructing an image file needs an image autoencoder (autoencoder-kl), not "
+                          f"'{model.name}'")
+    cfg = model.config
+    grey = cfg.in_channels == 1
+    im = to_mode(open_image(path), grey)
+    a = np.asarray(im, dtype=np.float32)
+    a = a[None] if grey else a.transpose(2, 0, 1)
+    lo, hi = model.input_range
+    x = torch.from_numpy(np.ascontiguousarray(a))[None] / 255.0 * (hi - lo) + lo
+    f = cfg.downsample_factor
+    h, w = x.shape[-2:]
+    if h < f or w < f:
+        raise VaekitError(f"{path}: {w}x{h} px is smaller than the model's downsampling factor {f}")
+    ph, pw = (-h) % f, (-w) % f
+    if ph or pw:
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+    x = x.to(_device(model))
+    q = model.encode_tiled(x)
+    out = model.decode_tiled(q.mode())[..., :h, :w].clamp(lo, hi)
+    arr = ((out[0].cpu() - lo) / (hi - lo) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(arr[0] if grey else arr.transpose(1, 2, 0))
+
+
 def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     """Spherical interpolation (White 2016), falling back to linear for (anti)parallel vectors."""
     a, b = z0.flatten(), z1.flatten()
