@@ -102,7 +102,7 @@ def folder_data(spec: str, cfg, model):
     if raw.items is not None:
         grey = info.shape[0] == 1
         return ImageStream(raw.items, None, resolution, grey, resize=cfg.data.resize, augment=False,
-                           input_range=tuple(info.input_range), length=cfg.data.eval_samples, seed=cfg.data.split_seed)
+                           input_range=tuple(info.input_range), seed=cfg.data.split_seed)
     return load_data(replace(cfg.data, spec=spec, test_spec=None, augment=False), saved=info).test
 
 

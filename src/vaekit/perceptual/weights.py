@@ -74,7 +74,7 @@ def convert_sdist(archive: Path) -> list[Path]:
     write one safetensors file per network."""
     written = []
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(archive, "r:*") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and m.name.endswith(".ckpt")}
             for net, (filename, backbone) in CHECKPOINTS.items():
                 if filename not in members:
