@@ -127,14 +127,40 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution."""
+    """Nearest-neighbour x2, then a 3x3 convolution.
+
+    Computed without materialising the upsampled image: each of the four output phases (even/odd
+    row, even/odd column) of conv3x3(nearest_x2(x)) is a 2x2 convolution of x whose taps are sums of
+    the 3x3 kernel's taps. Same result to float rounding, 2.25x fewer multiplications.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        out_c = self.conv.out_channels
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_kernels(self.conv.weight))  # [B, 4 * O, H + 1, W + 1]
+        y = y.view(b, 2, 2, out_c, h + 1, w + 1)
+        rows = [torch.stack([y[:, a, c, :, a : a + h, c : c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]
+        out = torch.stack(rows, dim=-2)  # [B, O, H, W, 2 (row phase), 2 (column phase)]
+        out = out.permute(0, 1, 2, 4, 3, 5).reshape(b, out_c, 2 * h, 2 * w)
+        return out + self.conv.bias.view(1, -1, 1, 1)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def phase_kernels(w: Tensor) -> Tensor:
+    """[O, I, 3, 3] -> [4 * O, I, 2, 2]: the 2x2 kernels of phases (0,0), (0,1), (1,0), (1,1).
+
+    An even output row reads input rows (i-1, i, i) under the 3x3 window, so its 2x2 kernel's rows
+    are (w0, w1 + w2); an odd one reads (i, i, i+1): rows (w0 + w1, w2). Columns likewise.
+    """
+    pairs = (lambda t, d: torch.stack([t.select(d, 0), t.select(d, 1) + t.select(d, 2)], d),
+             lambda t, d: torch.stack([t.select(d, 0) + t.select(d, 1), t.select(d, 2)], d))
+    return torch.cat([pairs[c](pairs[a](w, 2), 3) for a in (0, 1) for c in (0, 1)], dim=0)
 
 
 class DownEncoderBlock2D(nn.Module):

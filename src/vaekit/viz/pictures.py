@@ -188,25 +188,38 @@ def traversals(model, data: ArrayData, info: DataInfo, dims: int = 10, steps: in
     return _feature_traversals(rows, values.cpu(), labels, info)
 
 
+# panels of the training curves: (title, [(metrics.jsonl key, label), ...]); those present are drawn
+CURVE_PANELS = [
+    ("ELBO (nats)", [("train_elbo", "train"), ("val_elbo", "val")]),
+    ("reconstruction -log p(x|z)", [("train_recon", "train"), ("val_recon", "val")]),
+    ("L1", [("train_rec", "train"), ("val_l1", "val")]),
+    ("LPIPS", [("train_lpips", "train"), ("val_lpips", "val")]),
+    ("PSNR (dB)", [("val_psnr", "val")]),
+    ("KL(q || p)", [("train_kl", "train"), ("val_kl", "val")]),
+    ("adversarial", [("train_g_loss", "generator"), ("train_d_loss", "discriminator")]),
+]
+
+
 def loss_curves(history: list[dict]):
     plt = _plt()
     if not history:
         raise VaekitError("no metrics recorded yet (metrics.jsonl is empty)")
     epochs = [r["epoch"] for r in history]
-    panels = [("ELBO (nats)", "elbo"), ("reconstruction -log p(x|z)", "recon"), ("KL(q || p)", "kl")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, (title, key) in zip(axes, panels):
-        for split, style in (("train", "-"), ("val", "--")):
-            name = f"{split}_{key}"
-            if any(name in r for r in history):
-                ax.plot([e for e, r in zip(epochs, history) if name in r], [r[name] for r in history if name in r],
-                        style, label=split, marker="." if len(epochs) < 30 else None)
+    panels = [(t, [(k, lab) for k, lab in keys if any(k in r for r in history)]) for t, keys in CURVE_PANELS]
+    panels = [(t, keys) for t, keys in panels if keys]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.4), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for (key, label), style in zip(keys, ("-", "--")):
+            points = [(e, r[key]) for e, r in zip(epochs, history) if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label,
+                    marker="." if len(epochs) < 30 else None)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    if any(r.get("kl_weight", 1.0) != 1.0 for r in history):
-        twin = axes[2].twinx()
+    kl_axes = [ax for ax, (t, _) in zip(axes[0], panels) if t.startswith("KL")]
+    if kl_axes and any(r.get("kl_weight", 1.0) != 1.0 for r in history):
+        twin = kl_axes[0].twinx()
         twin.plot(epochs, [r.get("kl_weight", 1.0) for r in history], ":", color="grey")
         twin.set_ylabel("KL weight", color="grey")
     fig.tight_layout()
