@@ -70,3 +70,15 @@ def test_cyclical_schedule_four_cycles_ratio_half():
     assert s(50) == 1.0 and s(99) == 1.0
     assert s(100) == 0.0  # the next cycle restarts
     assert s(125) == pytest.approx(0.5)
+
+
+def test_laplace_likelihood_is_l1_plus_its_constant_and_matches_torch():
+    m = model("laplace", sigma_mode="fixed", sigma=1.0)
+    x = torch.rand(4, 12)
+    out = m(x)
+    expected = (x - out.px.mean).abs().sum(1) + 12 * math.log(2.0)
+    assert torch.allclose(-out.px.log_prob(x), expected, atol=1e-5)
+    ref = torch.distributions.Laplace(out.px.mean, torch.tensor(1.0)).log_prob(x).sum(1)
+    assert torch.allclose(out.px.log_prob(x), ref, atol=1e-5)
+    k = out.px.sample(generator=torch.Generator().manual_seed(0))
+    assert k.shape == x.shape

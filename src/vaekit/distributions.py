@@ -208,3 +208,32 @@ class Normal:
         # broadcasting x [B, ...] against loc [K, B, ...] and a scalar or per-dimension log_scale
         lp = -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
         return _sum_event(lp, self.event_ndim)
+
+
+class Laplace:
+    """Laplace observation model with location ``loc`` and scale exp(log_scale):
+    -log p = |x - loc| / b + log(2b) per element."""
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
+        self.loc = loc
+        self.log_scale = log_scale
+        self.event_ndim = loc.dim() - 1 if event_ndim is None else event_ndim
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    def mode(self) -> Tensor:
+        return self.loc
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype) - 0.5
+        return self.loc - torch.exp(self.log_scale) * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+    def unflatten_batch(self, k: int) -> Laplace:
+        return Laplace(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        loc, log_scale = _full(self.loc), _full(self.log_scale)
+        lp = -(x - loc).abs() * torch.exp(-log_scale) - log_scale - math.log(2.0)
+        return _sum_event(lp, self.event_ndim)
