@@ -176,13 +176,14 @@ class Bernoulli:
         return xl - softplus_sum(flat_l)
 
 
-class Normal:
-    """Gaussian observation model N(mean, exp(log_scale)^2) with ``log_scale`` broadcastable."""
+class LocationScale:
+    """An observation model with location ``loc`` and scale exp(log_scale) (scalar or per
+    dimension, broadcasting against loc); subclasses give the per-element log density."""
 
-    def __init__(self, mean: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
-        self.loc = mean
+    def __init__(self, loc: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
+        self.loc = loc
         self.log_scale = log_scale
-        self.event_ndim = mean.dim() - 1 if event_ndim is None else event_ndim
+        self.event_ndim = loc.dim() - 1 if event_ndim is None else event_ndim
 
     @property
     def mean(self) -> Tensor:
@@ -195,45 +196,34 @@ class Normal:
     def mode(self) -> Tensor:
         return self.loc
 
+    def unflatten_batch(self, k: int):
+        """View a batch of k*B rows as [k, B, ...] (k samples for each of B examples)."""
+        return type(self)(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        # x [B, ...] broadcasts against loc [K, B, ...] and a scalar or per-dimension log_scale
+        return _sum_event(self.element_log_prob(x, _full(self.loc), _full(self.log_scale)), self.event_ndim)
+
+    def element_log_prob(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class Normal(LocationScale):
+    """Gaussian: -log p = (x - loc)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2 per element."""
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return self.loc + self.scale * _noise(self.loc.shape, self.loc, generator)
 
-    def unflatten_batch(self, k: int) -> Normal:
-        """View a batch of k*B rows as [k, B, ...] (k samples for each of B examples)."""
-        return Normal(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        loc = _full(self.loc)
-        log_scale = _full(self.log_scale)
-        # broadcasting x [B, ...] against loc [K, B, ...] and a scalar or per-dimension log_scale
-        lp = -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
-        return _sum_event(lp, self.event_ndim)
+    def element_log_prob(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+        return -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
 
 
-class Laplace:
-    """Laplace observation model with location ``loc`` and scale exp(log_scale):
-    -log p = |x - loc| / b + log(2b) per element."""
-
-    def __init__(self, loc: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
-        self.loc = loc
-        self.log_scale = log_scale
-        self.event_ndim = loc.dim() - 1 if event_ndim is None else event_ndim
-
-    @property
-    def mean(self) -> Tensor:
-        return self.loc
-
-    def mode(self) -> Tensor:
-        return self.loc
+class Laplace(LocationScale):
+    """Laplace: -log p = |x - loc| / b + log(2b) per element."""
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype) - 0.5
-        return self.loc - torch.exp(self.log_scale) * torch.sign(u) * torch.log1p(-2 * u.abs())
+        return self.loc - self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
 
-    def unflatten_batch(self, k: int) -> Laplace:
-        return Laplace(self.loc.unflatten(0, (k, -1)), self.log_scale, self.event_ndim)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        loc, log_scale = _full(self.loc), _full(self.log_scale)
-        lp = -(x - loc).abs() * torch.exp(-log_scale) - log_scale - math.log(2.0)
-        return _sum_event(lp, self.event_ndim)
+    def element_log_prob(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+        return -(x - loc).abs() * torch.exp(-log_scale) - log_scale - math.log(2.0)

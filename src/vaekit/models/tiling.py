@@ -58,31 +58,33 @@ def _blend(tiles, shape, tile: int, size_hw: tuple[int, int], starts_hw) -> Tens
     return out / weight
 
 
-def _grid(h: int, w: int, tile: int, overlap: float, align: int):
+def tile_apply(fn, t: Tensor, tile: int, overlap: float, align: int, scale: float, slice_size: int = 1) -> Tensor:
+    """Apply ``fn`` to overlapping ``tile``-sized windows of ``t`` [B, C, H, W] and blend the results.
+
+    ``fn`` maps a window of side s to one of side s * scale (1/8 for an f8 encoder, 8 for its
+    decoder); window starts are multiples of ``align`` so they map to whole output pixels.
+    """
+    b, _, h, w = t.shape
     ys, xs = tile_starts(h, tile, overlap, align), tile_starts(w, tile, overlap, align)
-    return ys, xs, [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    out_starts = ([round(y * scale) for y in ys], [round(x * scale) for x in xs])
+    out_hw = (round(h * scale), round(w * scale))
+    chunks = []
+    for start in range(0, b, slice_size):
+        part = t[start : start + slice_size]
+        tiles = [((i, j), fn(part[..., y : y + tile, x : x + tile]))
+                 for i, y in enumerate(ys) for j, x in enumerate(xs)]
+        shape = (len(part), tiles[0][1].shape[1], *out_hw)
+        chunks.append(_blend(tiles, shape, round(tile * scale), out_hw, out_starts))
+    return torch.cat(chunks).to(t.device)
 
 
 @torch.no_grad()
 def tiled_encode(model, x: Tensor, tile: int, overlap: float = 0.25, slice_size: int = 1) -> DiagonalGaussian:
     """q(z|x) for images of any size: encoder moments blended across overlapping pixel tiles."""
     f = model.config.downsample_factor
-    b, _, h, w = x.shape
     model._check_input(x)
     tile = max(f, tile - tile % f)
-    ys, xs, cells = _grid(h, w, tile, overlap, f)
-    lt = tile // f
-    chunks = []
-    for start in range(0, b, slice_size):
-        xb = x[start : start + slice_size]
-        tiles = []
-        for i, j in cells:
-            patch = xb[..., ys[i] : ys[i] + tile, xs[j] : xs[j] + tile]
-            tiles.append(((i, j), model.moments(patch)))
-        c2 = tiles[0][1].shape[1]
-        lat_starts = ([y // f for y in ys], [x_ // f for x_ in xs])
-        chunks.append(_blend(tiles, (len(xb), c2, h // f, w // f), lt, (h // f, w // f), lat_starts))
-    moments = torch.cat(chunks).to(x.device)
+    moments = tile_apply(model.moments, x, tile, overlap, align=f, scale=1 / f, slice_size=slice_size)
     mean, logvar = moments.chunk(2, dim=1)
     return DiagonalGaussian(mean, logvar.clamp(*LOGVAR_RANGE))
 
@@ -91,16 +93,4 @@ def tiled_encode(model, x: Tensor, tile: int, overlap: float = 0.25, slice_size:
 def tiled_decode(model, z: Tensor, latent_tile: int, overlap: float = 0.25, slice_size: int = 1) -> Tensor:
     """Images for latents of any size: decoded overlapping latent tiles blended in pixel space."""
     f = model.config.downsample_factor
-    b, _, h, w = z.shape
-    ys, xs, cells = _grid(h, w, latent_tile, overlap, 1)
-    chunks = []
-    for start in range(0, b, slice_size):
-        zb = z[start : start + slice_size]
-        tiles = []
-        for i, j in cells:
-            patch = zb[..., ys[i] : ys[i] + latent_tile, xs[j] : xs[j] + latent_tile]
-            tiles.append(((i, j), model.decode(patch)))
-        c = tiles[0][1].shape[1]
-        pix_starts = ([y * f for y in ys], [x_ * f for x_ in xs])
-        chunks.append(_blend(tiles, (len(zb), c, h * f, w * f), latent_tile * f, (h * f, w * f), pix_starts))
-    return torch.cat(chunks).to(z.device)
+    return tile_apply(model.decode, z, latent_tile, overlap, align=1, scale=f, slice_size=slice_size)
