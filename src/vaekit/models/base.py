@@ -10,7 +10,7 @@ conditional model, or None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -52,9 +52,15 @@ class ModelConfig(LikelihoodConfig):
     data_shape: tuple[int, ...] = (784,)
     latent_dim: int = 16
     num_classes: int = 0  # > 0 makes the model conditional (a CVAE)
+    prior: str = "standard"  # standard | vamp (Tomczak & Welling 2018)
+    prior_components: int = 500  # vamp: pseudo-inputs
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from vaekit.models.priors import PRIORS
+
+        PRIORS.get(self.prior)
+        check(self.prior_components >= 1, f"--components must be >= 1, got {self.prior_components}")
         check(len(self.data_shape) > 0 and all(d > 0 for d in self.data_shape),
               f"data_shape must be positive sizes, got {self.data_shape}")
         check(self.latent_dim > 0, f"latent size (--latent-dim) must be a positive integer, got {self.latent_dim}")
@@ -66,6 +72,7 @@ class VAEOutput:
     posterior: DiagonalGaussian
     z: Tensor
     px: object  # the observation distribution p(x|z)
+    aux: dict = field(default_factory=dict)  # model-specific terms (per-layer log densities, ...)
 
 
 class VAE(nn.Module):
@@ -81,6 +88,10 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, config.sigma_mode, config.sigma)
+        if getattr(config, "prior", "standard") != "standard":
+            from vaekit.models.priors import PRIORS
+
+            self.prior_model = PRIORS.get(config.prior)(self, config.prior_components)
 
     @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
@@ -129,8 +140,15 @@ class VAE(nn.Module):
         """The mean of p(x|z), in data space (probabilities for a Bernoulli likelihood)."""
         return self.observation(z, y).mean
 
-    def prior(self) -> StandardNormal:
+    def prior(self):
+        """p(z): N(0, I), or the configured prior (VampPrior), with ``log_prob`` and ``sample``."""
+        if hasattr(self, "prior_model"):
+            return self.prior_model.distribution(self)
         return StandardNormal(self.latent_shape, device=self._device(), dtype=self._dtype())
+
+    @property
+    def factorized_prior(self) -> bool:
+        return not hasattr(self, "prior_model")
 
     @torch.no_grad()
     def sample(
@@ -156,25 +174,39 @@ class VAE(nn.Module):
 
     # -- what objectives and the estimator use --------------------------------------------------
     def kl_terms(self, out: VAEOutput) -> Tensor:
-        """KL(q(z|x) || p(z)) per latent unit, [B, G]; the sum over G is the KL of the ELBO."""
-        return out.posterior.kl_elementwise().flatten(1)
+        """KL(q(z|x) || p(z)) in groups, [B, G]; the sum over G is the KL of the ELBO. Analytic per
+        latent unit for N(0, I); a one-sample estimate log q(z|x) - log p(z) for other priors."""
+        if self.factorized_prior:
+            return out.posterior.kl_elementwise().flatten(1)
+        return (out.posterior.log_prob(out.z) - self.prior().log_prob(out.z)).unsqueeze(1)
 
-    def log_importance_weights(
+    def importance_terms(
         self, x: Tensor, y: Tensor | None, posterior: DiagonalGaussian, k: int,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x): [k, B] (Burda et al. 2015).
+    ) -> tuple[Tensor, Tensor]:
+        """For k draws z_j ~ q(z|x): log p(x|z_j) [k, B] and log p(z_j) - log q(z_j|x) in groups
+        [k, B, G] (per latent unit under N(0, I), one group otherwise). Differentiable.
 
         ``posterior`` is q(z|x) for this batch, computed once by the caller and reused across
         chunks of samples; the k decodes run as one batch of k*B rows.
         """
         z = posterior.sample(k, generator=generator)  # [k, B, *latent]
-        log_q = posterior.log_prob(z)
-        log_pz = self.prior().log_prob(z)
-        flat = z.flatten(0, 1)
         yk = None if y is None else y.repeat(k)
-        px = self.observation(flat, yk).unflatten_batch(k)  # parameters viewed as [k, B, ...]
-        return px.log_prob(x) + log_pz - log_q
+        px = self.observation(z.flatten(0, 1), yk).unflatten_batch(k)  # parameters viewed as [k, B, ...]
+        if self.factorized_prior:
+            ratio = -0.5 * z**2 + 0.5 * (posterior.logvar + (z - posterior.mean) ** 2 * torch.exp(-posterior.logvar))
+            ratio = ratio.flatten(2)  # the 2 pi constants cancel
+        else:
+            ratio = (self.prior().log_prob(z) - posterior.log_prob(z)).unsqueeze(-1)
+        return px.log_prob(x), ratio
+
+    def log_importance_weights(
+        self, x: Tensor, y: Tensor | None, posterior: DiagonalGaussian, k: int,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x): [k, B] (Burda et al. 2015)."""
+        log_px, ratio = self.importance_terms(x, y, posterior, k, generator)
+        return log_px + ratio.sum(-1)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _device(self) -> torch.device:

@@ -148,7 +148,7 @@ def bits_per_dim(nats: float, dims: int) -> float:
 
 def _register_all() -> None:
     """Objectives defined in their own modules register when imported."""
-    from vaekit.objectives import ldm  # noqa: F401
+    from vaekit.objectives import disentangling, iwae, ldm  # noqa: F401
 
 
 _register_all()

@@ -45,6 +45,13 @@ class TrainConfig:
     disc_layers: int = 3
     learn_logvar: bool = False  # LDM keeps the output log-variance at its initial value
     logvar_init: float = 0.0
+    # beyond the ELBO
+    k: int = 50  # iwae: importance samples per example (Burda et al. 2016)
+    tc_alpha: float = 1.0  # beta-tcvae: weight of the index-code mutual information (beta weighs the TC)
+    tc_gamma: float = 1.0  # beta-tcvae: weight of the dimension-wise KL
+    factor_gamma: float = 10.0  # factorvae: weight of the total-correlation estimate
+    disc_lr: float = 1e-4  # factorvae: the TC discriminator's learning rate
+    grad_skip: float = 0.0  # skip updates whose gradient norm exceeds this (VDVAE); 0 disables
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"epochs (--epochs) must be >= 1, got {self.epochs}")
@@ -73,3 +80,8 @@ class TrainConfig:
         check(self.disc_start >= 0, f"--disc-start must be >= 0, got {self.disc_start}")
         check(self.disc_weight >= 0 and self.disc_factor >= 0, "discriminator weights must be >= 0")
         check(self.disc_ndf >= 1 and self.disc_layers >= 1, "the discriminator needs ndf >= 1 and layers >= 1")
+        check(self.k >= 1, f"the number of importance samples (--k) must be >= 1, got {self.k}")
+        check(self.tc_alpha >= 0 and self.tc_gamma >= 0 and self.factor_gamma >= 0,
+              "the weights of the disentangling objectives must be >= 0")
+        check(self.disc_lr > 0, f"--disc-lr must be positive, got {self.disc_lr}")
+        check(self.grad_skip >= 0, f"--grad-skip must be >= 0, got {self.grad_skip}")

@@ -52,7 +52,8 @@ class StepContext:
         self._t = trainer
         self.step = 0
         self.epoch = 0
-        self.kl_weight = 1.0
+        self.kl_anneal = 1.0  # the KL schedule's multiplier in [0, 1] at this step
+        self.kl_weight = 1.0  # beta * kl_anneal
         self.skipped = False
         self.accumulating = False
         self.stepped: set[str] = set()  # optimizers that updated their parameters in this step
@@ -60,6 +61,10 @@ class StepContext:
     @property
     def device(self) -> torch.device:
         return self._t.device
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self._t.data.train)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         enabled = self._t.config.precision == "bf16"
@@ -77,11 +82,13 @@ class StepContext:
         (loss / accum if accum > 1 else loss).backward()
         if self.accumulating:
             return False
-        if self._t.config.grad_clip > 0:
+        cfg = self._t.config
+        if cfg.grad_clip > 0 or cfg.grad_skip > 0:
             params = [p for g in opt.param_groups for p in g["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, self._t.config.grad_clip)
-            if not torch.isfinite(norm):
-                self.skipped = True
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if not torch.isfinite(norm) or (cfg.grad_skip > 0 and norm > cfg.grad_skip):
+                self.skipped = True  # a non-finite or exploding update (VDVAE's skip): counted, not applied
                 opt.zero_grad(set_to_none=True)
                 return False
         opt.step()
@@ -186,7 +193,8 @@ class Trainer:
         ctx = self.ctx
         ctx.step = self.epoch * self.steps_per_epoch + b
         ctx.epoch = self.epoch
-        ctx.kl_weight = cfg.beta * self.schedule(ctx.step)
+        ctx.kl_anneal = self.schedule(ctx.step)
+        ctx.kl_weight = cfg.beta * ctx.kl_anneal
         ctx.skipped = False
         ctx.stepped = set()
         ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch

@@ -1,0 +1,1 @@
+"""Disentanglement: the procedural dSprites dataset and the metrics of disentanglement_lib."""
