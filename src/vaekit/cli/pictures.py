@@ -54,13 +54,20 @@ class SampleCommand(PictureCommand):
         p.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
         p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
         p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1)")
+        p.add_argument("--prior", choices=("model", "gmm"), default="model",
+                       help="model: the model's own prior; gmm: the mixture fitted by 'vaekit fit-prior'")
         p.add_argument("--seed", type=int, default=0)
 
     def draw(self, model, cfg, data, args):
         from vaekit.viz.pictures import samples
 
         reference = run_data(cfg).test if cfg.data_info.kind == "vector" else None
-        return samples(model, cfg.data_info, args.n, args.label, args.temperature, args.seed, reference)
+        prior = None
+        if args.prior == "gmm":
+            from vaekit.cli.analysis import load_gmm
+
+            prior = load_gmm(args.run, model)
+        return samples(model, cfg.data_info, args.n, args.label, args.temperature, args.seed, reference, prior)
 
 
 @command("reconstruct")

@@ -78,8 +78,8 @@ FLAGS = [
          "side to --resolution first", const=False),
     Flag("--samples-per-epoch", "data", "samples_per_epoch", positive_int, "streams: crops per epoch", "N"),
     Flag("--eval-samples", "data", "eval_samples", positive_int, "streams: held-out crops", "N"),
-    Flag("--objective", "training", "objective", str, "elbo (default) or ldm (L1 + LPIPS + PatchGAN, for "
-         "autoencoder-kl)"),
+    Flag("--objective", "training", "objective", str, "elbo (default), iwae, beta-tcvae, factorvae, or ldm "
+         "(L1 + LPIPS + PatchGAN, for autoencoder-kl)"),
     Flag("--train", "training", "train_part", str, "all (default), decoder (fine-tune only the decoder, as "
          "sd-vae-ft-mse) or encoder"),
     Flag("--ema", "training", "ema_decay", float, "keep an exponential moving average of the weights with this "
@@ -91,6 +91,19 @@ FLAGS = [
          "N"),
     Flag("--disc-weight", "training", "disc_weight", float, "ldm: adversarial weight (default 0.5)", "W"),
     Flag("--learn-logvar", "training", "learn_logvar", help="ldm: learn the output log-variance", const=True),
+    # priors, hierarchies and objectives beyond the ELBO
+    Flag("--prior", "model", "prior", str, "mlp/conv: standard (default) or vamp (VampPrior)"),
+    Flag("--components", "model", "prior_components", positive_int, "vamp: pseudo-inputs (default 500)", "K"),
+    Flag("--latent-dims", "model", "latent_dims", int_list, "hvae: sizes of z_1..z_T, e.g. 100,50", "D,..."),
+    Flag("--depth", "model", "depth", positive_int, "hvae: hidden layers per network (default 2)", "N"),
+    Flag("--topology", "model", "topology", str, "ladder: resolutions x blocks, high first, e.g. 28x2,14x2,7x2,1x1"),
+    Flag("--width", "model", "width", positive_int, "ladder: channels of the top-down path", "C"),
+    Flag("--zdim", "model", "zdim", positive_int, "ladder: latent channels per block", "Z"),
+    Flag("--k", "training", "k", int, "iwae: importance samples per example (default 50)", "K"),
+    Flag("--tc-alpha", "training", "tc_alpha", float, "beta-tcvae: mutual-information weight (default 1)"),
+    Flag("--tc-gamma", "training", "tc_gamma", float, "beta-tcvae: dimension-wise KL weight (default 1)"),
+    Flag("--factor-gamma", "training", "factor_gamma", float, "factorvae: total-correlation weight (default 10)"),
+    Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds this", "G"),
 ]
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
@@ -104,7 +117,7 @@ class TrainCommand(Command):
         p.add_argument("--data", help="digits | fashion-mnist[:DIR] | mnist[:DIR] | a directory of images | "
                        "FILE.npy | FILE.npz | FILE.csv", metavar="SPEC")
         p.add_argument("--out", type=Path, required=True, help="run directory to write", metavar="RUN")
-        p.add_argument("--model", help="mlp (default) or conv")
+        p.add_argument("--model", help="mlp (default), conv, hvae, ladder or autoencoder-kl")
         p.add_argument("--preset", help="a named configuration, e.g. pytorch-example")
         p.add_argument("--conditional", action="store_true", default=None, help="condition on class labels (CVAE)")
         p.add_argument("--sigma", help="gaussian likelihood: learned (default), per-dim, or a fixed value")
@@ -179,6 +192,8 @@ class TrainCommand(Command):
 
         for key, value in MODELS.get(model).data_defaults.items():
             sections["data"].setdefault(key, value)
+        for key, value in MODELS.get(model).training_defaults.items():
+            sections["training"].setdefault(key, value)
         objective = OBJECTIVES.get(sections["training"].get("objective", "elbo"))
         for key, value in objective.default_settings(sections["training"]).items():
             sections["training"].setdefault(key, value)

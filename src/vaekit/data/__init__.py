@@ -133,6 +133,8 @@ def load_data(cfg: DataConfig, saved: DataInfo | None = None,
         input_range = tuple(saved.input_range)
     opts = ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column, lazy=cfg.augment)
     raw = read_source(cfg.spec, opts)
+    if raw.dataset is not None:
+        return _load_procedural(cfg, raw, input_range, saved)
     if raw.items is not None:
         return _load_stream(cfg, raw, opts, input_range, saved)
     return _load_arrays(cfg, raw, opts, input_range, saved)
@@ -261,6 +263,54 @@ def _load_stream(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
         n_test=len(held_out), test_source=test_source, streamed=True, skipped_files=raw.skipped, source=raw.source,
     )
     return DataSplits(train, held_out, held_out, info, "none", _notes(raw))
+
+
+@dataclass
+class IndexedView:
+    """A split of a procedural dataset: examples ``indices`` of ``dataset``, served by index; the
+    labels are the first factor (for pictures), the dataset keeps all factors."""
+
+    dataset: object
+    indices: Tensor
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.shape)
+
+    @property
+    def y(self) -> Tensor:
+        return self.dataset.factors(self.indices)[:, 0]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        x, factors = self.dataset.batch(self.indices[index])
+        lo, hi = self.input_range
+        return x * (hi - lo) + lo, factors[:, 0]
+
+    def take(self, n: int) -> ArrayData:
+        x, y = self.batch(torch.arange(min(n, len(self))))
+        return ArrayData(x, y)
+
+
+def _load_procedural(cfg: DataConfig, raw: RawData, input_range, saved: DataInfo | None) -> DataSplits:
+    """A seeded split of the indices: test_fraction for test, val_fraction of the rest for validation."""
+    ds = raw.dataset
+    n = len(ds)
+    perm = torch.from_numpy(np.random.default_rng(cfg.split_seed).permutation(n))
+    n_test = max(1, round(cfg.test_fraction * n))
+    n_val = round(cfg.val_fraction * (n - n_test))
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    if cfg.limit is not None:
+        train = train[: cfg.limit]
+    views = [IndexedView(ds, idx, tuple(input_range)) for idx in (train, val, test)]
+    _check_saved_shape(cfg, views[0].shape, saved)
+    info = DataInfo(kind=ds.kind, shape=views[0].shape, num_classes=len(raw.class_names),
+                    class_names=raw.class_names, value_range=tuple(input_range), input_range=tuple(input_range),
+                    n_train=len(train), n_val=len(val), n_test=len(test), source=raw.source)
+    return DataSplits(views[0], views[1] if len(val) else None, views[2], info, cfg.binarize, [])
 
 
 def _notes(raw: RawData) -> list[str]:

@@ -37,9 +37,12 @@ class RawData:
     origin: dict = field(default_factory=dict)  # where rows came from, for error messages
     items: list | None = None  # images to stream instead of x: Paths or [H, W, C] uint8 arrays
     grey: bool = False  # for items: whether they are grey
+    dataset: object = None  # a procedural dataset served by index (``batch``), e.g. dSprites
 
     @property
     def kind(self) -> str:
+        if self.dataset is not None:
+            return self.dataset.kind
         return "image" if self.items is not None or self.x.ndim == 4 else "vector"
 
 
@@ -118,6 +121,15 @@ def _skimage_photos(arg: str | None, opts: ReadOptions) -> RawData:
             if isinstance(part, np.ndarray) and part.ndim == 3 and part.shape[2] == 3:
                 items.append(np.ascontiguousarray(part.astype(np.uint8)))
     return RawData(None, None, source="scikit-image sample photos", items=items, grey=False)
+
+
+@DATASETS.register("dsprites")
+def _dsprites(arg: str | None, opts: ReadOptions) -> RawData:
+    """dSprites, generated procedurally (737,280 binary 64x64 images with their five factors); the
+    labels are the shape (square, ellipse, heart), the factors are kept for disentanglement metrics."""
+    from vaekit.disentanglement.dsprites import SHAPES, DSprites
+
+    return RawData(None, None, class_names=tuple(SHAPES), source="dSprites (procedural)", dataset=DSprites())
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",

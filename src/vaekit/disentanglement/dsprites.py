@@ -72,6 +72,8 @@ class DSprites:
 
     kind = "image"
     shape = (1, SIZE, SIZE)
+    factor_names = FACTOR_NAMES
+    factor_sizes = FACTOR_SIZES
 
     def __init__(self) -> None:
         values = factor_values()

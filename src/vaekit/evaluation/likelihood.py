@@ -20,7 +20,6 @@ from torch import Tensor
 
 from vaekit.data import ArrayData
 from vaekit.errors import VaekitError
-from vaekit.models.base import VAEOutput
 from vaekit.objectives import bits_per_dim, elbo_parts
 from vaekit.runtime import tune_cpu
 
@@ -37,9 +36,14 @@ class Evaluation:
     active_units: int
     k: int
     n: int
+    kl_per_layer: list[float] | None = None  # hierarchical models only
+    active_units_per_layer: list[int] | None = None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if d["kl_per_layer"] is None:
+            del d["kl_per_layer"], d["active_units_per_layer"]
+        return d
 
 
 @torch.no_grad()
@@ -86,33 +90,43 @@ def evaluate(
     n = len(data)
     per_batch = max(1, min(n, batch_size // k if k <= batch_size else 1, 4096))
     totals = {"recon": 0.0, "kl": 0.0, "elbo": 0.0, "ll": 0.0}
-    means = []
+    layer_kl = None
+    means: list[list[Tensor]] = []
+    hierarchical = getattr(model, "hierarchical", False)
     for start in range(0, n, per_batch):
         index = torch.arange(start, min(start + per_batch, n))
         x, y = data.batch(index)
         x = x.to(device)
         y = None if y is None else y.to(device)
-        posterior = model.encode(x, y)
-        means.append(posterior.mean.flatten(1).double().cpu())
-        z = posterior.sample(generator=gen)
-        parts = elbo_parts(model, VAEOutput(posterior, z, model.observation(z, y)), x)
+        layers = model.layer_means(x) if hierarchical else [model.encode(x, y).mean]
+        means.append([m.flatten(1).double().cpu() for m in layers])
+        parts = elbo_parts(model, model(x, y, generator=gen), x)
         for name in ("recon", "kl", "elbo"):
             totals[name] += float(parts[name].double().sum())
-        totals["ll"] += float(log_likelihood(model, x, y, k, batch_size, gen, posterior).sum())
+        if hierarchical:
+            s = parts["kl_terms"].double().sum(0).cpu()
+            layer_kl = s if layer_kl is None else layer_kl + s
+        totals["ll"] += float(log_likelihood(model, x, y, k, batch_size, gen).sum())
     dims = math.prod(data.shape)
     nll = -totals["ll"] / n
-    mu = torch.cat(means)
-    active = int((mu.var(dim=0, unbiased=False) > ACTIVE_THRESHOLD).sum()) if n > 1 else 0
+    per_layer = [active_units(torch.cat([m[i] for m in means])) for i in range(len(means[0]))]
     return Evaluation(
         elbo=totals["elbo"] / n,
         recon=totals["recon"] / n,
         kl=totals["kl"] / n,
         nll=nll,
         bits_per_dim=bits_per_dim(nll, dims),
-        active_units=active,
+        active_units=sum(per_layer),
         k=k,
         n=n,
+        kl_per_layer=None if layer_kl is None else (layer_kl / n).tolist(),
+        active_units_per_layer=per_layer if hierarchical else None,
     )
+
+
+def active_units(mu: Tensor) -> int:
+    """Units whose posterior mean varies across the data: Var_x(E_q[z_i|x]) > 0.01 (Burda et al.)."""
+    return int((mu.var(dim=0, unbiased=False) > ACTIVE_THRESHOLD).sum()) if len(mu) > 1 else 0
 
 
 @torch.no_grad()

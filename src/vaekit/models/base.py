@@ -83,6 +83,8 @@ class VAE(nn.Module):
     input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # how images are scaled for this model
     evaluator: ClassVar[str] = "likelihood"  # what `vaekit evaluate` measures: likelihood | images
     data_defaults: ClassVar[dict] = {}  # data settings this model changes from DataConfig's defaults
+    training_defaults: ClassVar[dict] = {}  # likewise for TrainConfig
+    hierarchical: ClassVar[bool] = False  # several stochastic layers: KL and active units per layer
 
     def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()

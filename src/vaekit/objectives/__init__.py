@@ -115,7 +115,15 @@ class Objective(nn.Module):
         """Per-example loss parts [B] on held-out data (the true ELBO: beta = 1, no free bits)."""
         out = model(batch.x, batch.y, generator=generator)
         parts = elbo_parts(model, out, batch.x)
-        return {k: parts[k] for k in ("recon", "kl", "elbo")}
+        return {k: parts[k] for k in ("recon", "kl", "elbo")} | layer_kls(model, parts["kl_terms"], per_example=True)
+
+
+def layer_kls(model: VAE, kl_terms: Tensor, per_example: bool = False) -> dict[str, Tensor]:
+    """For hierarchical models, the KL of each stochastic layer (``kl_z1``, ``kl_z2``, ...)."""
+    if not getattr(model, "hierarchical", False):
+        return {}
+    terms = kl_terms.detach().float()
+    return {f"kl_z{i + 1}": terms[:, i] if per_example else terms[:, i].mean() for i in range(terms.shape[1])}
 
 
 def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
@@ -139,7 +147,8 @@ class ELBO(Objective):
         kl_for_loss = free_bits_kl(parts["kl_terms"], self.config.free_bits)
         loss = recon + ctx.kl_weight * kl_for_loss
         ctx.optimize("model", loss)
-        return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach()}
+        out = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach()}
+        return out | layer_kls(model, parts["kl_terms"])
 
 
 def bits_per_dim(nats: float, dims: int) -> float:

@@ -3,6 +3,7 @@ one Trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from vaekit.config import from_dict, to_dict
 from vaekit.data import DataConfig, DataInfo, load_data
 from vaekit.errors import VaekitError
 from vaekit.objectives import OBJECTIVES
+from vaekit.registry import suggest
 from vaekit.run import CHECKPOINT, RunConfig, prepare_run_dir, read_run_config, write_run_config
 from vaekit.runtime import tune_cpu
 from vaekit.training.config import TrainConfig
@@ -27,6 +29,10 @@ def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, cond
     from vaekit.models import MODELS
 
     cls = MODELS.get(model)
+    names = {f.name for f in dataclasses.fields(cls.config_class)}
+    for key in overrides:
+        if key not in names:
+            raise VaekitError(f"the {model} model has no setting '{key}'{suggest(key, names)}")
     fields = cls.config_for_data(overrides, info, conditional)
     if fields.get("likelihood", "auto") == "auto":
         lo, hi = info.value_range

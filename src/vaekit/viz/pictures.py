@@ -48,7 +48,7 @@ def _labels_for(model, n: int, label: int | None) -> Tensor | None:
 
 @torch.no_grad()
 def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temperature: float = 1.0,
-            seed: int = 0, reference: ArrayData | None = None):
+            seed: int = 0, reference: ArrayData | None = None, prior=None):
     if n < 1:
         raise VaekitError(f"-n must be >= 1, got {n}")
     if temperature <= 0:
@@ -56,7 +56,11 @@ def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temper
     model.eval()
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
     y = _labels_for(model, n, label)
-    x = model.sample(n, y, temperature=temperature, generator=gen).cpu()
+    if prior is None:
+        x = model.sample(n, y, temperature=temperature, generator=gen).cpu()
+    else:  # a fitted prior over the (flattened) latent
+        z = prior.sample(n, generator=gen, temperature=temperature).to(_device(model))
+        x = model.decode(z.float().view(n, *model.latent_shape), y).cpu()
     if info.kind == "image":
         nrow = model.config.num_classes if model.config.conditional and label is None else None
         return image_grid(x, nrow=nrow, value_range=info.value_range)
