@@ -13,6 +13,7 @@ from vaekit.cli.main import Command, command
 from vaekit.errors import VaekitError
 
 KEYS = ("elbo", "recon", "kl", "nll", "bits_per_dim", "active_units", "k", "n")
+HIERARCHICAL_KEYS = ("kl_per_layer", "active_units_per_layer")  # added for hvae and ladder runs
 
 
 @command("evaluate")
@@ -51,6 +52,8 @@ class EvaluateCommand(Command):
         print(f"{args.run} on {where} ({values['n']} examples):")
         for key in keys:
             v = values[key]
+            if isinstance(v, list):
+                v = "[" + ", ".join(f"{e:.3f}" if isinstance(e, float) else str(e) for e in v) + "]"
             print(f"  {key:<15} {v:>12.4f}" if isinstance(v, float) else f"  {key:<15} {v!s:>12}")
         return 0
 
@@ -69,7 +72,8 @@ def _likelihood(model, cfg, args) -> tuple[dict, tuple[str, ...]]:
     else:
         data = run_data(cfg).split(args.split)
     result = evaluate(model, data, k=k, batch_size=args.batch_size or 4096, seed=args.seed, device=args.device)
-    return result.as_dict(), KEYS
+    values = result.as_dict()
+    return values, KEYS + tuple(k for k in HIERARCHICAL_KEYS if k in values)
 
 
 def _images(model, cfg, args) -> tuple[dict, tuple[str, ...]]:

@@ -104,6 +104,8 @@ FLAGS = [
     Flag("--tc-gamma", "training", "tc_gamma", float, "beta-tcvae: dimension-wise KL weight (default 1)"),
     Flag("--factor-gamma", "training", "factor_gamma", float, "factorvae: total-correlation weight (default 10)"),
     Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds this", "G"),
+    Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
+         "budget; the epoch in progress ends early)", "M"),
 ]
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")

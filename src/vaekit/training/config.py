@@ -52,6 +52,7 @@ class TrainConfig:
     factor_gamma: float = 10.0  # factorvae: weight of the total-correlation estimate
     disc_lr: float = 1e-4  # factorvae: the TC discriminator's learning rate
     grad_skip: float = 0.0  # skip updates whose gradient norm exceeds this (VDVAE); 0 disables
+    max_minutes: float = 0.0  # stop once this much training time is spent (a CPU budget); 0: no limit
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"epochs (--epochs) must be >= 1, got {self.epochs}")
@@ -85,3 +86,4 @@ class TrainConfig:
               "the weights of the disentangling objectives must be >= 0")
         check(self.disc_lr > 0, f"--disc-lr must be positive, got {self.disc_lr}")
         check(self.grad_skip >= 0, f"--grad-skip must be >= 0, got {self.grad_skip}")
+        check(self.max_minutes >= 0, f"--max-minutes must be >= 0, got {self.max_minutes}")

@@ -140,6 +140,7 @@ class Trainer:
         self.nonfinite_run = 0
         self.skipped_epoch = 0
         self.history: list[dict] = []
+        self.stopped_by_budget = False
         self._stop = False
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -148,10 +149,18 @@ class Trainer:
             self.restore(load_checkpoint(self.run_dir / CHECKPOINT))
         tune_cpu()
         with self._interrupt_handler():
-            while self.epoch < self.config.epochs:
+            while self.epoch < self.config.epochs and not self._budget_spent():
                 self._train_epoch()
                 self._finish_epoch()
         return self.history
+
+    def _budget_spent(self, running: float = 0.0) -> bool:
+        """Whether the training-time budget (--max-minutes) is used up, counting finished epochs, the
+        current one, and ``running`` seconds not yet added."""
+        if self.config.max_minutes <= 0:
+            return False
+        spent = sum(r["seconds"] for r in self.history) + self.seconds + running
+        return spent >= 60 * self.config.max_minutes
 
     def _train_epoch(self) -> None:
         cfg, n = self.config, len(self.data.train)
@@ -171,6 +180,9 @@ class Trainer:
                 bar.update(1)
                 if b % 20 == 0 and "loss" in metrics:
                     bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", refresh=False)
+            if self._budget_spent(time.perf_counter() - started):
+                self.stopped_by_budget = True
+                break
             if self._stop or (cfg.checkpoint_every and (self.ctx.step + 1) % cfg.checkpoint_every == 0):
                 self.seconds += time.perf_counter() - started
                 started = time.perf_counter()
@@ -245,6 +257,9 @@ class Trainer:
         record["kl_weight"] = self.config.beta * self.schedule(record["step"] - 1)
         record["seconds"] = round(self.seconds, 4)
         record["skipped_steps"] = self.skipped_epoch
+        if self.stopped_by_budget:
+            record["stopped_by_budget"] = True  # the --max-minutes budget ended this epoch early
+            record["step"] = self.epoch * self.steps_per_epoch + self.batch_in_epoch
         self.history.append(record)
         self.epoch += 1
         self.batch_in_epoch = 0

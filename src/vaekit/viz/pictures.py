@@ -173,7 +173,7 @@ def traversals(model, data: ArrayData, info: DataInfo, dims: int = 10, steps: in
         raise VaekitError(f"--index {index} is out of range (the split has {len(data)} examples)")
     model.eval()
     dev = _device(model)
-    mu = posterior_means(model, data)
+    mu = posterior_means(model, data.take(min(len(data), 5000)))  # activity from up to 5000 examples
     activity = mu.var(0, unbiased=False)
     order = torch.argsort(activity, descending=True)[: max(1, min(dims, mu.shape[1]))]
     x, y = data.batch(torch.tensor([index]))
