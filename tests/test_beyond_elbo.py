@@ -16,6 +16,7 @@ from vaekit.evaluation import log_likelihood
 from vaekit.models.hvae import HVAE, HVAEConfig
 from vaekit.models.ladder import LadderConfig, LadderVAE
 from vaekit.models.mlp import MLPVAE, MLPConfig
+from vaekit.models.priors import MixturePrior
 from vaekit.objectives import elbo_parts
 
 
@@ -70,6 +71,16 @@ def test_vamp_prior_is_a_normalised_mixture_and_used_by_the_estimator():
         torch.distributions.Independent(torch.distributions.Normal(q.mean, q.std), 1))
     z = torch.randn(50, 2)
     assert torch.allclose(prior.log_prob(z), ref.log_prob(z), atol=1e-5)
+    # narrow components far from 0, points right on them, extra batch dims: the expanded-square
+    # form must not lose digits to cancellation
+    means, logvars = torch.randn(9, 3) * 5, torch.full((9, 3), -12.0)
+    mix = MixturePrior(means, logvars)
+    z = (means[torch.arange(15) % 9] + torch.randn(15, 3) * 0.0025).reshape(3, 5, 3)
+    ref = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(9)),
+        torch.distributions.Independent(torch.distributions.Normal(means.double(), (0.5 * logvars).exp().double()), 1))
+    assert mix.log_prob(z).shape == (3, 5)
+    assert torch.allclose(mix.log_prob(z).double(), ref.log_prob(z.double()), atol=1e-4)
     x = torch.rand(4, 12)
     posterior = m.encode(x)
     _, ratio = m.importance_terms(x, None, posterior, 3, generator=torch.Generator().manual_seed(1))

@@ -78,10 +78,20 @@ class MixturePrior:
         return self.means.shape[1:]
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """z [..., D] -> [...]: log sum_k w_k N(z; m_k, v_k), without materialising more than [..., K]."""
-        zz = z.unsqueeze(-2)  # [..., 1, D]
-        lp = -0.5 * (LOG_2PI + self.logvars + (zz - self.means) ** 2 * torch.exp(-self.logvars)).sum(-1)
-        return torch.logsumexp(lp + self.log_weights, dim=-1)
+        """z [..., D] -> [...]: log sum_k w_k N(z; m_k, v_k), without materialising more than [..., K].
+
+        The squared distances expand into two matrix products, sum_d (z_d - m_kd)^2 / v_kd =
+        z^2 @ (1/v)^T - 2 z @ (m/v)^T + sum_d m_kd^2 / v_kd, done in float64 because the terms are
+        large and nearly cancel when a component is narrow (its cost is small next to the decoder).
+        """
+        shape, dtype = z.shape[:-1], z.dtype
+        z64 = z.reshape(-1, z.shape[-1]).double()  # [N, D]
+        logvars, means = self.logvars.double(), self.means.double()  # [K, D]
+        precision = torch.exp(-logvars)
+        bias = self.log_weights.double() - 0.5 * (LOG_2PI + logvars + means**2 * precision).sum(-1)  # [K]
+        lp = torch.addmm(bias, z64**2, -0.5 * precision.T)  # [N, K]
+        lp = lp.addmm_(z64, (means * precision).T)
+        return torch.logsumexp(lp, dim=-1).to(dtype).reshape(shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         idx = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
