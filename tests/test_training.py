@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ from helpers import read_metrics, tiny_train, without_time
 from vaekit.errors import Interrupted, TrainingStopped
 from vaekit.io import load_tensors
 from vaekit.objectives import ELBO
+from vaekit.training import trainer as trainer_module
 from vaekit.training.api import resume
 from vaekit.training.checkpoint import load_checkpoint
+from vaekit.training.trainer import StepContext
 
 TESTS = Path(__file__).parent
 RUN_KW = {"epochs": 3, "limit": 400, "seed": 3}  # 400 examples / batch 64 -> 7 steps per epoch
@@ -141,3 +144,29 @@ def test_free_bits_bf16_and_accumulation_train_to_finite_losses(tmp_path):
     _, h = tiny_train(tmp_path / "fb", epochs=2, limit=400, free_bits=0.5, precision="bf16", grad_accum=2)
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in h)
     assert h[-1]["train_loss"] >= h[-1]["train_recon"]  # free bits only ever add to the KL term
+
+
+def test_grad_skip_is_relative_to_the_running_mean_norm():
+    ctx = StepContext.__new__(StepContext)
+    ctx._t = SimpleNamespace(config=SimpleNamespace(grad_skip=10.0), grad_norms={})
+    for _ in range(trainer_module.GRAD_SKIP_WARMUP):
+        assert not ctx._exploding("model", 5000.0)  # large absolute norms are not "exploding"
+    assert not ctx._exploding("model", 40000.0)  # 8x the mean
+    assert ctx._exploding("model", 1e6)
+    assert ctx._t.grad_norms["model"] == (pytest.approx(5350.0), trainer_module.GRAD_SKIP_WARMUP + 1)
+
+
+def test_resume_with_grad_skip_equals_uninterrupted(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "GRAD_SKIP_WARMUP", 3)  # so the running mean decides within the run
+    kw = {**RUN_KW, "grad_skip": 1.1}
+    _, history = tiny_train(tmp_path / "ref", **kw)
+    original = ELBO.training_step
+    run = tmp_path / "run"
+    interrupt_at(monkeypatch, step=10)
+    with pytest.raises(Interrupted):
+        tiny_train(run, **kw)
+    monkeypatch.setattr(ELBO, "training_step", original)
+    assert load_checkpoint(run / "checkpoint.safetensors")["grad_norms"]["model"]["count"] > 3
+    resume(run, progress=False)
+    assert_same_run(tmp_path / "ref", run)
+    assert sum(r["skipped_steps"] for r in history) > 0  # the skip did act

@@ -103,7 +103,8 @@ FLAGS = [
     Flag("--tc-alpha", "training", "tc_alpha", float, "beta-tcvae: mutual-information weight (default 1)"),
     Flag("--tc-gamma", "training", "tc_gamma", float, "beta-tcvae: dimension-wise KL weight (default 1)"),
     Flag("--factor-gamma", "training", "factor_gamma", float, "factorvae: total-correlation weight (default 10)"),
-    Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds this", "G"),
+    Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds G times the "
+         "running mean", "G"),
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
          "budget; the epoch in progress ends early)", "M"),
 ]

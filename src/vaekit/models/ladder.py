@@ -139,7 +139,7 @@ class LadderVAE(VAE):
     name = "ladder"
     config_class = LadderConfig
     hierarchical = True
-    training_defaults: ClassVar[dict] = {"grad_clip": 200.0, "grad_skip": 1000.0}
+    training_defaults: ClassVar[dict] = {"grad_clip": 200.0, "grad_skip": 10.0}
 
     def __init__(self, config: LadderConfig) -> None:
         super().__init__(config)

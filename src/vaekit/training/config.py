@@ -51,7 +51,7 @@ class TrainConfig:
     tc_gamma: float = 1.0  # beta-tcvae: weight of the dimension-wise KL
     factor_gamma: float = 10.0  # factorvae: weight of the total-correlation estimate
     disc_lr: float = 1e-4  # factorvae: the TC discriminator's learning rate
-    grad_skip: float = 0.0  # skip updates whose gradient norm exceeds this (VDVAE); 0 disables
+    grad_skip: float = 0.0  # skip updates whose gradient norm exceeds this times the running mean (VDVAE); 0: off
     max_minutes: float = 0.0  # stop once this much training time is spent (a CPU budget); 0: no limit
 
     def __post_init__(self) -> None:

@@ -36,6 +36,9 @@ from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
 from vaekit.training.config import TrainConfig
 from vaekit.training.ema import EMA
 
+GRAD_SKIP_WARMUP = 50  # accepted updates that only feed the running mean gradient norm
+GRAD_SKIP_DECAY = 0.99  # of that running mean afterwards
+
 VAL_BATCH = 1024
 
 
@@ -86,8 +89,8 @@ class StepContext:
         if cfg.grad_clip > 0 or cfg.grad_skip > 0:
             params = [p for g in opt.param_groups for p in g["params"]]
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not torch.isfinite(norm) or (cfg.grad_skip > 0 and norm > cfg.grad_skip):
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if not math.isfinite(norm) or self._exploding(name, norm):
                 self.skipped = True  # a non-finite or exploding update (VDVAE's skip): counted, not applied
                 opt.zero_grad(set_to_none=True)
                 return False
@@ -95,6 +98,21 @@ class StepContext:
         opt.zero_grad(set_to_none=True)
         self.stepped.add(name)
         return True
+
+    def _exploding(self, name: str, norm: float) -> bool:
+        """VDVAE's skip, made scale-free: an update whose gradient norm exceeds ``grad_skip`` times
+        the running mean of accepted norms is dropped. The loss is in nats per example, so absolute
+        norms grow with the data's size; a ratio works on any data. The first ``GRAD_SKIP_WARMUP``
+        updates only feed the mean (a plain average, then an exponential one)."""
+        skip = self._t.config.grad_skip
+        if skip <= 0:
+            return False
+        mean, count = self._t.grad_norms.get(name, (0.0, 0))
+        if count >= GRAD_SKIP_WARMUP and norm > skip * mean:
+            return True
+        rate = 1.0 / (count + 1) if count < GRAD_SKIP_WARMUP else 1.0 - GRAD_SKIP_DECAY
+        self._t.grad_norms[name] = (mean + rate * (norm - mean), count + 1)
+        return False
 
 
 class Trainer:
@@ -139,6 +157,7 @@ class Trainer:
         self.seconds = 0.0
         self.nonfinite_run = 0
         self.skipped_epoch = 0
+        self.grad_norms: dict[str, tuple[float, int]] = {}  # optimizer -> (running mean norm, updates seen)
         self.history: list[dict] = []
         self.stopped_by_budget = False
         self._stop = False
@@ -315,6 +334,7 @@ class Trainer:
             "seconds": self.seconds,
             "nonfinite_run": self.nonfinite_run,
             "skipped_epoch": self.skipped_epoch,
+            "grad_norms": {k: {"mean": m, "count": c} for k, (m, c) in self.grad_norms.items()},
             "history": self.history,
             "ema": None if self.ema is None else self.ema.state_dict(),
         }
@@ -349,6 +369,7 @@ class Trainer:
         self.seconds = state["seconds"]
         self.nonfinite_run = state["nonfinite_run"]
         self.skipped_epoch = state["skipped_epoch"]
+        self.grad_norms = {k: (v["mean"], v["count"]) for k, v in state.get("grad_norms", {}).items()}
         self.history = list(state["history"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
@@ -376,8 +397,9 @@ class Trainer:
 
     def _diverged_message(self) -> str:
         last = f"epoch {self.epoch}" if self.epoch else "the start (no epoch completed)"
-        return (f"training stopped at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}: the loss was not "
-                f"finite for {self.config.max_nonfinite} consecutive steps; the last good checkpoint "
+        why = "not finite" if self.config.grad_skip <= 0 else "not finite or exploding (see --grad-skip)"
+        return (f"training stopped at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}: the loss or its "
+                f"gradient was {why} for {self.config.max_nonfinite} consecutive steps; the last good checkpoint "
                 f"({last}) is intact in {self.run_dir}. Try a lower --lr or --grad-clip")
 
     @contextlib.contextmanager
