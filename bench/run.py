@@ -1,8 +1,8 @@
 """``make bench``: every benchmark, one after another (the machine has 2 cores), then a summary.
 
 Approximate wall time on the 2-core machine: train_speed 3 min, eval_speed 2 min, kl_results
-55 min, kl_speed 20 min, lpips_agreement 5 min (+ installing JAX once), likelihood 100 min,
-disentanglement 80 min. ``python bench/run.py NAME ...`` runs a subset.
+55 min, kl_speed 35 min, lpips_agreement 5 min (+ installing JAX once), likelihood 100 min,
+disentanglement 60 min. ``python bench/run.py NAME ...`` runs a subset.
 """
 
 from __future__ import annotations
