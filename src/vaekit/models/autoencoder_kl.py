@@ -141,12 +141,15 @@ class Upsample2D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         out_c = self.conv.out_channels
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_kernels(self.conv.weight))  # [B, 4 * O, H + 1, W + 1]
+        bias = self.conv.bias.repeat(4)  # the bias rides in the convolution: no extra pass over the output
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_kernels(self.conv.weight), bias)  # [B, 4 * O, H + 1, W + 1]
         y = y.view(b, 2, 2, out_c, h + 1, w + 1)
-        rows = [torch.stack([y[:, a, c, :, a : a + h, c : c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]
-        out = torch.stack(rows, dim=-2)  # [B, O, H, W, 2 (row phase), 2 (column phase)]
-        out = out.permute(0, 1, 2, 4, 3, 5).reshape(b, out_c, 2 * h, 2 * w)
-        return out + self.conv.bias.view(1, -1, 1, 1)
+        # interleave the phases with one strided write each (one pass over the output)
+        out = y.new_empty(b, out_c, 2 * h, 2 * w)
+        for a in (0, 1):
+            for c in (0, 1):
+                out[:, :, a::2, c::2] = y[:, a, c, :, a : a + h, c : c + w]
+        return out
 
     def reference_forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
