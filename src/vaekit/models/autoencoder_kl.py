@@ -280,10 +280,7 @@ class AutoencoderKL(VAE):
 
     @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
-        if conditional:
-            raise VaekitError("the autoencoder-kl model is not conditional; drop --conditional")
-        if info.kind != "image":
-            raise VaekitError(f"the autoencoder-kl model needs image data; {info.source} is tabular")
+        cls.require(info, conditional)
         fields = dict(fields)
         c, h, w = info.shape
         f = 2 ** (len(fields.get("block_out_channels", AutoencoderKLConfig.block_out_channels)) - 1)

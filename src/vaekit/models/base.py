@@ -96,6 +96,14 @@ class VAE(nn.Module):
             self.prior_model = PRIORS.get(config.prior)(self, config.prior_components)
 
     @classmethod
+    def require(cls, info, conditional: bool, image: bool = True) -> None:
+        """For families without labels (and, with ``image``, only for image data): one-line errors."""
+        if conditional:
+            raise VaekitError(f"the {cls.name} model is not conditional; drop --conditional")
+        if image and info.kind != "image":
+            raise VaekitError(f"the {cls.name} model needs image data; {info.source} is tabular")
+
+    @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
         """Fill in the config fields that follow from the data (``info`` is a DataInfo)."""
         fields = dict(fields)

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from vaekit.config import check
 from vaekit.distributions import DiagonalGaussian, StandardNormal
-from vaekit.errors import VaekitError
 from vaekit.models.base import LOGVAR_RANGE, VAE, LikelihoodConfig, VAEOutput
 from vaekit.models.mlp import ACTIVATIONS
 from vaekit.models.registry import MODELS
@@ -111,8 +110,7 @@ class HVAE(VAE):
 
     @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
-        if conditional:
-            raise VaekitError("the hvae model is not conditional; drop --conditional")
+        cls.require(info, conditional, image=False)
         fields = dict(fields)
         fields["data_shape"] = list(info.shape)
         return fields

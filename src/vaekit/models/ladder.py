@@ -161,10 +161,7 @@ class LadderVAE(VAE):
 
     @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:
-        if conditional:
-            raise VaekitError("the ladder model is not conditional; drop --conditional")
-        if info.kind != "image":
-            raise VaekitError(f"the ladder model needs image data; {info.source} is tabular")
+        cls.require(info, conditional)
         fields = dict(fields)
         fields["data_shape"] = list(info.shape)
         return fields
