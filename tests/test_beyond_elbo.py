@@ -12,6 +12,7 @@ import torch
 from helpers import read_metrics, tiny_train
 from vaekit.disentanglement.dsprites import FACTOR_SIZES, DSprites
 from vaekit.disentanglement.metrics import METRICS, sample_factors
+from vaekit.errors import VaekitError
 from vaekit.evaluation import log_likelihood
 from vaekit.models.hvae import HVAE, HVAEConfig
 from vaekit.models.ladder import LadderConfig, LadderVAE
@@ -48,6 +49,23 @@ def test_hierarchical_models_report_per_layer_kl_and_tighten_with_k(model):
         assert m.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 1, 8, 8)
         assert m.decode(m.encode(x).mean).shape == (5, 1, 8, 8)
         assert [t.shape[0] for t in m.layer_means(x)] == [5] * m.layers
+
+
+def test_ladder_patch_folds_pixels_and_keeps_one_logit_per_pixel():
+    torch.manual_seed(0)
+    m = LadderVAE(LadderConfig(data_shape=(1, 8, 8), topology="4x1,2x1,1x1", width=16, zdim=3, patch=2))
+    x = binary()
+    out = m(x)
+    assert out.px.log_prob(x).shape == (5,) and out.aux["kl_layers"].shape == (5, 3)
+    # the 2x2 pixels of a patch are separate output channels: changing one pixel's input moves the
+    # logits, and the unfolded logits are not constant within a patch
+    logits = m.output_logits(torch.randn(2, 16, 4, 4))
+    assert logits.shape == (2, 1, 8, 8)
+    assert not torch.allclose(logits[..., 0::2, 0::2], logits[..., 1::2, 1::2])
+    with pytest.raises(VaekitError, match="patch 3 does not divide"):
+        LadderConfig(data_shape=(1, 8, 8), topology="8x1", patch=3)
+    with pytest.raises(VaekitError, match=r"patch 2: 4x4"):
+        LadderConfig(data_shape=(1, 8, 8), topology="8x1,1x1", patch=2)
 
 
 def test_hvae_one_sample_importance_weight_is_its_elbo():
@@ -163,7 +181,7 @@ def test_iwae_free_bits_changes_gradients_not_the_bound(tmp_path):
 
 def test_hvae_and_ladder_train_and_evaluate_with_per_layer_keys(cli, tmp_path):
     for model, flags in (("hvae", ["--latent-dims", "6,3", "--hidden", "32,16"]),
-                         ("ladder", ["--topology", "8x1,4x1,1x1", "--width", "16", "--zdim", "3"])):
+                         ("ladder", ["--topology", "4x1,2x1,1x1", "--patch", "2", "--width", "16", "--zdim", "3"])):
         out = tmp_path / model
         r = cli("train", "--data", "digits", "--binarize", "dynamic", "--model", model, *flags, "--epochs", "2",
                 "--limit", "300", "--out", out, "--quiet")

@@ -99,6 +99,8 @@ FLAGS = [
     Flag("--topology", "model", "topology", str, "ladder: resolutions x blocks, high first, e.g. 28x2,14x2,7x2,1x1"),
     Flag("--width", "model", "width", positive_int, "ladder: channels of the top-down path", "C"),
     Flag("--zdim", "model", "zdim", positive_int, "ladder: latent channels per block", "Z"),
+    Flag("--patch", "model", "patch", positive_int, "ladder: fold PxP pixels into channels first; the topology "
+         "then starts at the image size / P (default 1)", "P"),
     Flag("--k", "training", "k", int, "iwae: importance samples per example (default 50)", "K"),
     Flag("--tc-alpha", "training", "tc_alpha", float, "beta-tcvae: mutual-information weight (default 1)"),
     Flag("--tc-gamma", "training", "tc_gamma", float, "beta-tcvae: dimension-wise KL weight (default 1)"),
