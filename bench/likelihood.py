@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--ladder-images", type=int, default=64)
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--reuse", action="store_true", help="score runs already trained by an earlier call")
+    p.add_argument("--reuse", action="store_true", help="reuse runs (and their scores) from an earlier call")
     args = p.parse_args()
     require_fashion_mnist()
     names = [m for m in args.models.split(",") if m]
@@ -85,7 +85,13 @@ def main() -> None:
         print(f"likelihood: scoring {name} (K={args.k}, {args.test_images} images)", file=sys.stderr, flush=True)
         conv = name == "ladder"
         n = min(args.test_images, args.ladder_images) if conv else args.test_images
-        scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, args.k, n, 256 if conv else 4096]))[-1]
+        cached = out / f"nll-scores-k{args.k}-n{n}.json"  # a retrained run's directory starts empty
+        if args.reuse and cached.is_file():
+            scored = json.loads(cached.read_text())
+        else:
+            rows_at_once = 256 if conv else 4096
+            scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, args.k, n, rows_at_once]))[-1]
+            cached.write_text(json.dumps(scored) + "\n")
         per_image[name] = scored["nll_per_image"]
         batch = int(MODELS[name][MODELS[name].index("--batch-size") + 1])
         rows.append({"model": name, "epochs": round(history[-1]["step"] / math.ceil(60000 / batch), 2),

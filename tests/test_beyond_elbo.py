@@ -187,6 +187,7 @@ def test_hvae_and_ladder_train_and_evaluate_with_per_layer_keys(cli, tmp_path):
                 "--limit", "300", "--out", out, "--quiet")
         assert r.code == 0, r.err
         assert "val_kl_z2" in read_metrics(out)[-1]
+        assert json.loads((out / "config.json").read_text())["training"]["grad_skip"] == 10.0  # see HVAE
         r = cli("evaluate", out, "--iw", "10", "--json")
         assert r.code == 0, r.err
         values = json.loads(r.out)
