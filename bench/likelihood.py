@@ -80,8 +80,10 @@ def main() -> None:
             run([*VAEKIT, "train", "--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
                  *MODELS[name], *budget, "--seed", "0", "--quiet", "--out", out])
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        batch = int(MODELS[name][MODELS[name].index("--batch-size") + 1])
+        epochs = history[-1]["step"] / math.ceil(60000 / batch)
         if name == "iwae":
-            iwae_epochs = history[-1]["step"] / math.ceil(60000 / 128)
+            iwae_epochs = epochs
         print(f"likelihood: scoring {name} (K={args.k}, {args.test_images} images)", file=sys.stderr, flush=True)
         conv = name == "ladder"
         n = min(args.test_images, args.ladder_images) if conv else args.test_images
@@ -93,8 +95,7 @@ def main() -> None:
             scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, args.k, n, rows_at_once]))[-1]
             cached.write_text(json.dumps(scored) + "\n")
         per_image[name] = scored["nll_per_image"]
-        batch = int(MODELS[name][MODELS[name].index("--batch-size") + 1])
-        rows.append({"model": name, "epochs": round(history[-1]["step"] / math.ceil(60000 / batch), 2),
+        rows.append({"model": name, "epochs": round(epochs, 2),
                      "train minutes": sum(r["seconds"] for r in history) / 60, "test NLL": scored["nll"],
                      "test images": n, "test -ELBO": -scored["elbo"], "active units": scored["active_units"],
                      "eval seconds": scored["seconds"]})

@@ -57,8 +57,8 @@ def test_ladder_patch_folds_pixels_and_keeps_one_logit_per_pixel():
     x = binary()
     out = m(x)
     assert out.px.log_prob(x).shape == (5,) and out.aux["kl_layers"].shape == (5, 3)
-    # the 2x2 pixels of a patch are separate output channels: changing one pixel's input moves the
-    # logits, and the unfolded logits are not constant within a patch
+    # the 2x2 pixels of a patch come from separate output channels, so the unfolded logits are not
+    # constant within a patch (as they would be after a nearest-neighbour upsample)
     logits = m.output_logits(torch.randn(2, 16, 4, 4))
     assert logits.shape == (2, 1, 8, 8)
     assert not torch.allclose(logits[..., 0::2, 0::2], logits[..., 1::2, 1::2])
@@ -187,7 +187,7 @@ def test_hvae_and_ladder_train_and_evaluate_with_per_layer_keys(cli, tmp_path):
                 "--limit", "300", "--out", out, "--quiet")
         assert r.code == 0, r.err
         assert "val_kl_z2" in read_metrics(out)[-1]
-        assert json.loads((out / "config.json").read_text())["training"]["grad_skip"] == 10.0  # see HVAE
+        assert json.loads((out / "config.json").read_text())["training"]["grad_skip"] == 10.0  # SKIP_EXPLODING
         r = cli("evaluate", out, "--iw", "10", "--json")
         assert r.code == 0, r.err
         values = json.loads(r.out)

@@ -23,6 +23,10 @@ from vaekit.errors import VaekitError
 from vaekit.likelihoods import LIKELIHOODS, SIGMA_MODES
 
 LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in any precision
+# Deep hierarchies' defaults: clip, and skip updates whose gradient norm exceeds 10x the running mean
+# (VDVAE's skip, scale-free). A one-sample KL against a learned conditional prior can be finite but
+# astronomical when that prior's variance has shrunk.
+SKIP_EXPLODING: dict = {"grad_clip": 200.0, "grad_skip": 10.0}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from vaekit.config import check
 from vaekit.distributions import DiagonalGaussian
 from vaekit.errors import VaekitError
-from vaekit.models.base import LOGVAR_RANGE, VAE, LikelihoodConfig, VAEOutput
+from vaekit.models.base import LOGVAR_RANGE, SKIP_EXPLODING, VAE, LikelihoodConfig, VAEOutput
 from vaekit.models.registry import MODELS
 
 _GROUP = re.compile(r"^(\d+)x(\d+)$")
@@ -148,7 +148,7 @@ class LadderVAE(VAE):
     name = "ladder"
     config_class = LadderConfig
     hierarchical = True
-    training_defaults: ClassVar[dict] = {"grad_clip": 200.0, "grad_skip": 10.0}
+    training_defaults: ClassVar[dict] = SKIP_EXPLODING
 
     def __init__(self, config: LadderConfig) -> None:
         super().__init__(config)
