@@ -17,6 +17,10 @@ Each difference is paired (the same images, the first n of the test set) with it
 The conv ladder costs several seconds per image at K = 5000 on 2 cores, so it is scored on the first
 --ladder-images test images only, and its difference is taken on those.
 
+Each budget keeps its own runs (results/runs/nll-15min/NAME) and table (results/likelihood-15min.md).
+--reuse keeps a run, and its cached scores, only if it was trained with exactly the arguments this
+call would use, so a long budget can be built up a few models per call.
+
 Run: python bench/likelihood.py [--reuse] [--minutes 15] [--test-images 1000] [--ladder-images 64] [--k 5000]
      [--models ...]
 """
@@ -67,18 +71,23 @@ def main() -> None:
     per_image = {}
     iwae_epochs = None
     for name in names:
-        out = RESULTS / "runs" / f"nll-{name}"
-        if not (args.reuse and (out / "model.safetensors").is_file()):
+        out = RESULTS / "runs" / f"nll-{args.minutes:g}min" / name  # one directory per budget, kept apart
+        if name == "vanilla-epochs":
+            if iwae_epochs is None:
+                sys.exit("bench: vanilla-epochs needs the iwae run first (--models ...,iwae,vanilla-epochs)")
+            budget = ["--epochs", max(1, round(iwae_epochs))]
+        else:
+            budget = ["--epochs", "100000", "--max-minutes", args.minutes]
+        train_args = [str(a) for a in ["--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
+                                       *MODELS[name], *budget, "--seed", "0"]]
+        # --reuse keeps a run only if it was trained with exactly these arguments (and so this budget)
+        stamp = out / "bench-args.json"
+        if not (args.reuse and (out / "model.safetensors").is_file() and stamp.is_file()
+                and json.loads(stamp.read_text()) == train_args):
             shutil.rmtree(out, ignore_errors=True)
-            if name == "vanilla-epochs":
-                if iwae_epochs is None:
-                    sys.exit("bench: vanilla-epochs needs the iwae run first (--models ...,iwae,vanilla-epochs)")
-                budget = ["--epochs", max(1, round(iwae_epochs))]
-            else:
-                budget = ["--epochs", "100000", "--max-minutes", args.minutes]
             print(f"likelihood: training {name} ({' '.join(map(str, budget))})", file=sys.stderr, flush=True)
-            run([*VAEKIT, "train", "--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
-                 *MODELS[name], *budget, "--seed", "0", "--quiet", "--out", out])
+            run([*VAEKIT, "train", *train_args, "--quiet", "--out", out])
+            stamp.write_text(json.dumps(train_args) + "\n")
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         batch = int(MODELS[name][MODELS[name].index("--batch-size") + 1])
         epochs = history[-1]["step"] / math.ceil(60000 / batch)
@@ -112,7 +121,8 @@ def main() -> None:
             f"per model ({machine()})\n\n")
     text += markdown_table(rows, cols) + "\n"
     print(text)
-    save("likelihood", {"rows": rows, "minutes": args.minutes, "k": args.k, "test_images": args.test_images}, text)
+    payload = {"rows": rows, "minutes": args.minutes, "k": args.k, "test_images": args.test_images}
+    save(f"likelihood-{args.minutes:g}min", payload, text)
 
 
 if __name__ == "__main__":

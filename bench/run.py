@@ -24,7 +24,8 @@ def main() -> None:
     for name in chosen:
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True)
-    parts = [(RESULTS / f"{name}.md").read_text() for name in BENCHMARKS if (RESULTS / f"{name}.md").is_file()]
+    # a benchmark may keep several result files (the likelihood bench one per budget: likelihood-15min.md)
+    parts = [f.read_text() for name in BENCHMARKS for f in sorted(RESULTS.glob(f"{name}*.md"))]
     (RESULTS / "summary.md").write_text("\n\n".join(parts))
     print(f"\nwrote {RESULTS / 'summary.md'}")
 
