@@ -93,9 +93,9 @@ def main() -> None:
         epochs = history[-1]["step"] / math.ceil(60000 / batch)
         if name == "iwae":
             iwae_epochs = epochs
-        print(f"likelihood: scoring {name} (K={args.k}, {args.test_images} images)", file=sys.stderr, flush=True)
         conv = name == "ladder"
         n = min(args.test_images, args.ladder_images) if conv else args.test_images
+        print(f"likelihood: scoring {name} (K={args.k}, {n} images)", file=sys.stderr, flush=True)
         cached = out / f"nll-scores-k{args.k}-n{n}.json"  # a retrained run's directory starts empty
         if args.reuse and cached.is_file():
             scored = json.loads(cached.read_text())
