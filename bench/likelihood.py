@@ -32,6 +32,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 from common import HERE, RESULTS, VAEKIT, json_lines, machine, markdown_table, require_fashion_mnist, run, save
 
@@ -56,6 +57,32 @@ def paired(base: list[float], other: list[float]) -> str:
     return f"{mean:.2f} +- {se:.2f} (n={len(d)})"
 
 
+def train(out: Path, name: str, budget: list, reuse: bool) -> None:
+    """Train model NAME into OUT, unless --reuse and OUT was trained with exactly these arguments."""
+    train_args = [str(a) for a in ["--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
+                                   *MODELS[name], *budget, "--seed", "0"]]
+    stamp = out / "bench-args.json"  # the arguments (and so the budget) the run was trained with
+    trained = (out / "model.safetensors").is_file() and stamp.is_file()
+    if reuse and trained and json.loads(stamp.read_text()) == train_args:
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"likelihood: training {name} ({' '.join(map(str, budget))})", file=sys.stderr, flush=True)
+    run([*VAEKIT, "train", *train_args, "--quiet", "--out", out])
+    stamp.write_text(json.dumps(train_args) + "\n")
+
+
+def score(out: Path, name: str, k: int, n: int, conv: bool, reuse: bool) -> dict:
+    """Per-image K-sample NLL of the run's first n test images, cached in the run (reused with --reuse)."""
+    print(f"likelihood: scoring {name} (K={k}, {n} images)", file=sys.stderr, flush=True)
+    cached = out / f"nll-scores-k{k}-n{n}.json"  # a retrained run's directory starts empty
+    if reuse and cached.is_file():
+        return json.loads(cached.read_text())
+    rows_at_once = 256 if conv else 4096
+    scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, k, n, rows_at_once]))[-1]
+    cached.write_text(json.dumps(scored) + "\n")
+    return scored
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
@@ -78,31 +105,15 @@ def main() -> None:
             budget = ["--epochs", max(1, round(iwae_epochs))]
         else:
             budget = ["--epochs", "100000", "--max-minutes", args.minutes]
-        train_args = [str(a) for a in ["--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
-                                       *MODELS[name], *budget, "--seed", "0"]]
-        # --reuse keeps a run only if it was trained with exactly these arguments (and so this budget)
-        stamp = out / "bench-args.json"
-        if not (args.reuse and (out / "model.safetensors").is_file() and stamp.is_file()
-                and json.loads(stamp.read_text()) == train_args):
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"likelihood: training {name} ({' '.join(map(str, budget))})", file=sys.stderr, flush=True)
-            run([*VAEKIT, "train", *train_args, "--quiet", "--out", out])
-            stamp.write_text(json.dumps(train_args) + "\n")
+        train(out, name, budget, args.reuse)
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        batch = int(MODELS[name][MODELS[name].index("--batch-size") + 1])
+        batch = json.loads((out / "config.json").read_text())["training"]["batch_size"]
         epochs = history[-1]["step"] / math.ceil(60000 / batch)
         if name == "iwae":
             iwae_epochs = epochs
         conv = name == "ladder"
         n = min(args.test_images, args.ladder_images) if conv else args.test_images
-        print(f"likelihood: scoring {name} (K={args.k}, {n} images)", file=sys.stderr, flush=True)
-        cached = out / f"nll-scores-k{args.k}-n{n}.json"  # a retrained run's directory starts empty
-        if args.reuse and cached.is_file():
-            scored = json.loads(cached.read_text())
-        else:
-            rows_at_once = 256 if conv else 4096
-            scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, args.k, n, rows_at_once]))[-1]
-            cached.write_text(json.dumps(scored) + "\n")
+        scored = score(out, name, args.k, n, conv, args.reuse)
         per_image[name] = scored["nll_per_image"]
         rows.append({"model": name, "epochs": round(epochs, 2),
                      "train minutes": sum(r["seconds"] for r in history) / 60, "test NLL": scored["nll"],

@@ -10,7 +10,9 @@ conditional model, or None.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -26,7 +28,7 @@ LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in a
 # Deep hierarchies' defaults: clip, and skip updates whose gradient norm exceeds 10x the running mean
 # (VDVAE's skip, scale-free). A one-sample KL against a learned conditional prior can be finite but
 # astronomical when that prior's variance has shrunk.
-SKIP_EXPLODING: dict = {"grad_clip": 200.0, "grad_skip": 10.0}
+SKIP_EXPLODING: Mapping = MappingProxyType({"grad_clip": 200.0, "grad_skip": 10.0})  # shared: read-only
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class VAE(nn.Module):
     input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # how images are scaled for this model
     evaluator: ClassVar[str] = "likelihood"  # what `vaekit evaluate` measures: likelihood | images
     data_defaults: ClassVar[dict] = {}  # data settings this model changes from DataConfig's defaults
-    training_defaults: ClassVar[dict] = {}  # likewise for TrainConfig
+    training_defaults: ClassVar[Mapping] = {}  # likewise for TrainConfig
     hierarchical: ClassVar[bool] = False  # several stochastic layers: KL and active units per layer
 
     def __init__(self, config: LikelihoodConfig) -> None:

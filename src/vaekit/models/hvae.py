@@ -16,6 +16,7 @@ State-dict keys: ``encoder.{t}`` (q of layer t+1), ``decoder.{t}`` (p(z_{t+1}|z_
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,7 +94,7 @@ class HVAE(VAE):
     hierarchical = True
     # p(z_t|z_t+1) may shrink its variance to exp(-30); without the skip a 15-minute Fashion-MNIST
     # run's one-sample KL jumped to 1e17 after 131 epochs and never recovered
-    training_defaults: ClassVar[dict] = SKIP_EXPLODING
+    training_defaults: ClassVar[Mapping] = SKIP_EXPLODING
 
     def __init__(self, config: HVAEConfig) -> None:
         super().__init__(config)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -148,7 +149,7 @@ class LadderVAE(VAE):
     name = "ladder"
     config_class = LadderConfig
     hierarchical = True
-    training_defaults: ClassVar[dict] = SKIP_EXPLODING
+    training_defaults: ClassVar[Mapping] = SKIP_EXPLODING
 
     def __init__(self, config: LadderConfig) -> None:
         super().__init__(config)
