@@ -146,6 +146,19 @@ def test_objectives_train_through_the_one_trainer(tmp_path, objective, extra):
         assert {"train_mi", "train_tc", "train_dim_kl"} <= set(history[-1])
 
 
+def test_iwae_elbo_epochs_train_the_vanilla_vae_first(tmp_path):
+    from safetensors.torch import load_file
+
+    from helpers import without_time
+
+    _, elbo = tiny_train(tmp_path / "elbo", epochs=2, limit=200, seed=3)
+    _, iwae = tiny_train(tmp_path / "iwae", epochs=3, limit=200, seed=3, objective="iwae", k=5, elbo_epochs=2)
+    assert without_time(iwae[:2]) == without_time(elbo)  # the first two epochs are exactly the ELBO's
+    assert "train_iw_elbo" in iwae[2] and "train_iw_elbo" not in iwae[1]
+    ckpt = load_file(tmp_path / "elbo" / "model.safetensors")
+    assert ckpt.keys() == load_file(tmp_path / "iwae" / "model.safetensors").keys()
+
+
 def test_iwae_free_bits_changes_gradients_not_the_bound(tmp_path):
     from vaekit.objectives.iwae import IWAE
     from vaekit.training.config import TrainConfig
@@ -155,6 +168,7 @@ def test_iwae_free_bits_changes_gradients_not_the_bound(tmp_path):
     x = torch.rand(8, 12)
 
     class Ctx:
+        epoch = 0
         kl_weight = 1.0
         skipped = False
 
@@ -275,6 +289,8 @@ def test_bad_inputs_of_the_beyond_elbo_features(cli, tmp_path):
     assert_user_error(cli("train", "--data", "digits", "--prior", "vamp", "--objective", "factorvae", "--out", out),
                       "factorvae")
     assert_user_error(cli("train", "--data", "digits", "--objective", "iwae", "--k", "0", "--out", out), "--k")
+    assert_user_error(cli("train", "--data", "digits", "--objective", "iwae", "--elbo-epochs", "-1", "--out", out),
+                      "--elbo-epochs")
     assert_user_error(cli("train", "--data", "digits", "--prior", "gaussian-mixture", "--out", out), "unknown prior")
     assert not out.exists()
     tiny_train(tmp_path / "digits", epochs=1, limit=100)

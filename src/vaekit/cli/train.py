@@ -102,6 +102,8 @@ FLAGS = [
     Flag("--patch", "model", "patch", positive_int, "ladder: fold PxP pixels into channels first; the topology "
          "then starts at the image size / P (default 1)", "P"),
     Flag("--k", "training", "k", int, "iwae: importance samples per example (default 50)", "K"),
+    Flag("--elbo-epochs", "training", "elbo_epochs", int, "iwae: train the first E epochs with the ELBO, then "
+         "with the k-sample bound (default 0)", "E"),
     Flag("--tc-alpha", "training", "tc_alpha", float, "beta-tcvae: mutual-information weight (default 1)"),
     Flag("--tc-gamma", "training", "tc_gamma", float, "beta-tcvae: dimension-wise KL weight (default 1)"),
     Flag("--factor-gamma", "training", "factor_gamma", float, "factorvae: total-correlation weight (default 10)"),

@@ -47,6 +47,7 @@ class TrainConfig:
     logvar_init: float = 0.0
     # beyond the ELBO
     k: int = 50  # iwae: importance samples per example (Burda et al. 2016)
+    elbo_epochs: int = 0  # iwae: epochs trained with the ELBO first, then the k-sample bound (Burda et al. sec. 5.2)
     tc_alpha: float = 1.0  # beta-tcvae: weight of the index-code mutual information (beta weighs the TC)
     tc_gamma: float = 1.0  # beta-tcvae: weight of the dimension-wise KL
     factor_gamma: float = 10.0  # factorvae: weight of the total-correlation estimate
@@ -82,6 +83,7 @@ class TrainConfig:
         check(self.disc_weight >= 0 and self.disc_factor >= 0, "discriminator weights must be >= 0")
         check(self.disc_ndf >= 1 and self.disc_layers >= 1, "the discriminator needs ndf >= 1 and layers >= 1")
         check(self.k >= 1, f"the number of importance samples (--k) must be >= 1, got {self.k}")
+        check(self.elbo_epochs >= 0, f"--elbo-epochs must be >= 0, got {self.elbo_epochs}")
         check(self.tc_alpha >= 0 and self.tc_gamma >= 0 and self.factor_gamma >= 0,
               "the weights of the disentangling objectives must be >= 0")
         check(self.disc_lr > 0, f"--disc-lr must be positive, got {self.disc_lr}")
