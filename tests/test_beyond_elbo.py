@@ -147,16 +147,13 @@ def test_objectives_train_through_the_one_trainer(tmp_path, objective, extra):
 
 
 def test_iwae_elbo_epochs_train_the_vanilla_vae_first(tmp_path):
-    from safetensors.torch import load_file
-
     from helpers import without_time
 
-    _, elbo = tiny_train(tmp_path / "elbo", epochs=2, limit=200, seed=3)
+    _, elbo = tiny_train(tmp_path / "elbo", epochs=3, limit=200, seed=3)
     _, iwae = tiny_train(tmp_path / "iwae", epochs=3, limit=200, seed=3, objective="iwae", k=5, elbo_epochs=2)
-    assert without_time(iwae[:2]) == without_time(elbo)  # the first two epochs are exactly the ELBO's
-    assert "train_iw_elbo" in iwae[2] and "train_iw_elbo" not in iwae[1]
-    ckpt = load_file(tmp_path / "elbo" / "model.safetensors")
-    assert ckpt.keys() == load_file(tmp_path / "iwae" / "model.safetensors").keys()
+    assert without_time(iwae[:2]) == without_time(elbo[:2])  # the first two epochs are exactly the ELBO's
+    assert "train_iw_elbo" in iwae[2] and "train_iw_elbo" not in iwae[1]  # then the k-sample bound takes over
+    assert iwae[2]["train_elbo"] != elbo[2]["train_elbo"]
 
 
 def test_iwae_free_bits_changes_gradients_not_the_bound(tmp_path):
