@@ -104,7 +104,7 @@ def test_conv_model_and_preset_and_config_file(cli, tmp_path):
 def test_resume_flag_continues_a_run(cli, tmp_path):
     out = tmp_path / "r"
     assert cli(*TRAIN, "--out", out).code == 0
-    r = cli("train", "--out", out, "--resume", "--epochs", "3", "--quiet")
+    r = cli("train", "--out", out, "--resume", "--epochs", "3", "--max-minutes", "0", "--quiet")
     assert r.code == 0, r.err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,6 +102,28 @@ def test_resume_can_extend_the_number_of_epochs(tmp_path):
     tiny_train(run, epochs=1, limit=200)
     resume(run, epochs=2, progress=False)
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_with_a_larger_or_no_budget(tmp_path, monkeypatch):
+    clock = iter(range(10_000))  # a fake clock: each reading is one second later, so no real timing
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return float(next(clock))
+
+    monkeypatch.setattr(trainer_module, "time", FakeTime)
+    run = tmp_path / "run"
+    tiny_train(run, epochs=3, limit=400, max_minutes=5 / 60)  # 7 steps per epoch
+    first = read_metrics(run)
+    # one reading per step: the 5th step sees 5 seconds spent and ends the epoch there
+    assert [(r["epoch"], r["step"], r.get("stopped_by_budget")) for r in first] == [(1, 5, True)]
+    # the new budget is a total: 10 seconds in all leave 4 more steps after the first 6
+    resume(run, max_minutes=10 / 60, progress=False)
+    assert [(r["step"], r.get("stopped_by_budget")) for r in read_metrics(run)][1:] == [(11, True)]
+    resume(run, max_minutes=0, progress=False)  # no budget: on to the configured 3 epochs
+    assert [(r["step"], r.get("stopped_by_budget")) for r in read_metrics(run)][2:] == [(21, None)]
+    assert json.loads((run / "config.json").read_text())["training"]["max_minutes"] == 0
 
 
 def nan_after(monkeypatch, start: int, stop: int | None = None) -> None:

@@ -110,8 +110,9 @@ FLAGS = [
     Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds G times the "
          "running mean", "G"),
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
-         "budget; the epoch in progress ends early)", "M"),
+         "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
+RESUMABLE = ("--epochs", "--max-minutes")  # the flags --resume accepts: how long to go on, not what to train
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
 
@@ -209,7 +210,7 @@ class TrainCommand(Command):
     def _resume(self, args: argparse.Namespace, log, progress) -> int:
         from vaekit.training.api import resume
 
-        given = [f.name for f in FLAGS if getattr(args, f.dest) is not None and f.name != "--epochs"]
+        given = [f.name for f in FLAGS if getattr(args, f.dest) is not None and f.name not in RESUMABLE]
         given += [name for name, value in (("--data", args.data), ("--model", args.model), ("--preset", args.preset),
                   ("--config", args.config), ("--sigma", args.sigma), ("--conditional", args.conditional),
                   ("--skip-bad", args.skip_bad)) if value is not None]
@@ -217,8 +218,8 @@ class TrainCommand(Command):
             given.append("--overwrite")
         if given:
             raise VaekitError(f"--resume continues {args.out} with its saved settings; drop {', '.join(given)} "
-                              "(only --epochs may change)")
-        resume(args.out, epochs=args.epochs, progress=progress, log=log)
+                              f"(only {' and '.join(RESUMABLE)} may change)")
+        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, progress=progress, log=log)
         log(f"resumed and finished {args.out}")
         return 0
 

@@ -90,18 +90,23 @@ def resume(
     out: str | Path,
     *,
     epochs: int | None = None,
+    max_minutes: float | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ):
-    """Continue the run in ``out`` from its checkpoint (optionally to a new number of epochs)."""
+    """Continue the run in ``out`` from its checkpoint, optionally to a new number of epochs or a new
+    time budget (``max_minutes`` counts all training time, the earlier sessions' included; 0: none),
+    so a run stopped by its budget can be extended."""
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
     out = Path(out)
     cfg = read_run_config(out)
     if not (out / CHECKPOINT).is_file():
         raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
     train_cfg = cfg.training
-    if epochs is not None and epochs != train_cfg.epochs:
-        train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), "epochs": epochs}, "--epochs")
+    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes)) if v is not None}
+    if any(getattr(train_cfg, k) != v for k, v in changes.items()):
+        flags = ", ".join("--" + k.replace("_", "-") for k in changes)
+        train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
         cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
         write_run_config(out, cfg)
     splits = load_data(cfg.data, saved=cfg.data_info)
