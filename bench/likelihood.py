@@ -79,7 +79,8 @@ def score(out: Path, name: str, k: int, n: int, conv: bool, reuse: bool) -> dict
     """Per-image K-sample NLL of the run's first n test images, cached in the run (reused with --reuse)."""
     print(f"likelihood: scoring {name} (K={k}, {n} images)", file=sys.stderr, flush=True)
     cached = out / f"nll-scores-k{k}-n{n}.json"  # a retrained run's directory starts empty
-    if reuse and cached.is_file():
+    # a run extended with --resume has newer weights than its cached scores
+    if reuse and cached.is_file() and cached.stat().st_mtime >= (out / "model.safetensors").stat().st_mtime:
         return json.loads(cached.read_text())
     rows_at_once = 256 if conv else 4096
     scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, k, n, rows_at_once]))[-1]
