@@ -61,6 +61,15 @@ def paired(base: list[float], other: list[float]) -> str:
     return f"{mean:.2f} +- {se:.2f} (n={len(d)})"
 
 
+def trained_epochs(run: Path) -> tuple[float, list[dict], dict]:
+    """(Epochs of optimizer steps taken, the history, the training config); a budget-stopped epoch counts
+    for the part it ran, also when a resumed run went on past it."""
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    training = json.loads((run / "config.json").read_text())["training"]
+    per_epoch = math.ceil(60000 / training["batch_size"])
+    return sum(r["step"] - (r["epoch"] - 1) * per_epoch for r in history) / per_epoch, history, training
+
+
 def train(out: Path, name: str, budget: list, reuse: bool) -> None:
     """Train model NAME into OUT, unless --reuse and OUT was trained with exactly these arguments."""
     train_args = [str(a) for a in ["--data", "fashion-mnist", "--binarize", "dynamic", "--val-fraction", "0",
@@ -113,9 +122,7 @@ def main() -> None:
         if name == "iwae-warm":
             budget += ["--elbo-epochs", round(ELBO_EPOCHS_PER_MINUTE * args.minutes)]
         train(out, name, budget, args.reuse)
-        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        batch = json.loads((out / "config.json").read_text())["training"]["batch_size"]
-        epochs = history[-1]["step"] / math.ceil(60000 / batch)
+        epochs, history, _ = trained_epochs(out)
         if name == "iwae":
             iwae_epochs = epochs
         conv = name == "ladder"

@@ -13,20 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from common import machine, markdown_table, require_fashion_mnist, save
-from likelihood import paired, score
-
-
-def trained_epochs(run: Path) -> tuple[float, list[dict], dict]:
-    """(Epochs of optimizer steps taken, the history, the training config); a budget-stopped epoch counts
-    for the part it ran."""
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    training = json.loads((run / "config.json").read_text())["training"]
-    per_epoch = math.ceil(60000 / training["batch_size"])
-    return sum(r["step"] - (r["epoch"] - 1) * per_epoch for r in history) / per_epoch, history, training
+from likelihood import paired, score, trained_epochs
 
 
 def main() -> None:
