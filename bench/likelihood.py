@@ -84,14 +84,15 @@ def train(out: Path, name: str, budget: list, reuse: bool) -> None:
     stamp.write_text(json.dumps(train_args) + "\n")
 
 
-def score(out: Path, name: str, k: int, n: int, conv: bool, reuse: bool) -> dict:
+def score(out: Path, name: str, k: int, n: int, reuse: bool) -> dict:
     """Per-image K-sample NLL of the run's first n test images, cached in the run (reused with --reuse)."""
     print(f"likelihood: scoring {name} (K={k}, {n} images)", file=sys.stderr, flush=True)
     cached = out / f"nll-scores-k{k}-n{n}.json"  # a retrained run's directory starts empty
     # a run extended with --resume has newer weights than its cached scores
     if reuse and cached.is_file() and cached.stat().st_mtime >= (out / "model.safetensors").stat().st_mtime:
         return json.loads(cached.read_text())
-    rows_at_once = 256 if conv else 4096
+    conv = json.loads((out / "config.json").read_text())["_class_name"] == "LadderVAE"
+    rows_at_once = 256 if conv else 4096  # conv activations are large: fewer (image, sample) rows at once
     scored = json_lines(run([sys.executable, HERE / "nll_scores.py", out, k, n, rows_at_once]))[-1]
     cached.write_text(json.dumps(scored) + "\n")
     return scored
@@ -125,9 +126,8 @@ def main() -> None:
         epochs, history, _ = trained_epochs(out)
         if name == "iwae":
             iwae_epochs = epochs
-        conv = name == "ladder"
-        n = min(args.test_images, args.ladder_images) if conv else args.test_images
-        scored = score(out, name, args.k, n, conv, args.reuse)
+        n = min(args.test_images, args.ladder_images) if name == "ladder" else args.test_images
+        scored = score(out, name, args.k, n, args.reuse)
         per_image[name] = scored["nll_per_image"]
         rows.append({"model": name, "epochs": round(epochs, 2),
                      "train minutes": sum(r["seconds"] for r in history) / 60, "test NLL": scored["nll"],

@@ -12,7 +12,6 @@ Run: python bench/nll_compare.py RUN [RUN ...] [--name NAME] [--k 5000] [--test-
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common import machine, markdown_table, require_fashion_mnist, save
@@ -30,8 +29,7 @@ def main() -> None:
     rows, per_image = [], []
     for run in args.runs:
         epochs, history, training = trained_epochs(run)
-        conv = json.loads((run / "config.json").read_text())["_class_name"] == "LadderVAE"
-        scored = score(run, str(run), args.k, args.test_images, conv, reuse=True)
+        scored = score(run, str(run), args.k, args.test_images, reuse=True)
         per_image.append(scored["nll_per_image"])
         rows.append({"run": str(run), "objective": training["objective"],
                      "ELBO epochs": training.get("elbo_epochs") or "",
