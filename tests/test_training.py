@@ -104,6 +104,17 @@ def test_resume_can_extend_the_number_of_epochs(tmp_path):
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
 
 
+def test_resume_at_a_new_learning_rate_is_a_step_decay(tmp_path):
+    run = tmp_path / "run"
+    tiny_train(run, epochs=1, limit=200)
+    resume(run, epochs=2, lr=1e-4, progress=False)
+    assert [r["lr"] for r in read_metrics(run)] == [1e-3, 1e-4]
+    assert json.loads((run / "config.json").read_text())["training"]["lr"] == 1e-4
+    # the checkpoint's optimizer holds the new rate, so a later plain --resume keeps it
+    resume(run, epochs=3, progress=False)
+    assert read_metrics(run)[-1]["lr"] == 1e-4
+
+
 def test_a_run_stopped_by_its_time_budget_resumes_with_a_larger_or_no_budget(tmp_path, monkeypatch):
     clock = iter(range(10_000))  # a fake clock: each reading is one second later, so no real timing
 

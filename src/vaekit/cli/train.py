@@ -49,7 +49,8 @@ FLAGS = [
     Flag("--limit", "data", "limit", positive_int, "use only the first N training examples", "N"),
     Flag("--epochs", "training", "epochs", positive_int, "epochs (default 10)", "E"),
     Flag("--batch-size", "training", "batch_size", positive_int, "batch size (default 128)", "B"),
-    Flag("--lr", "training", "lr", float, "Adam learning rate (default 1e-3)"),
+    Flag("--lr", "training", "lr", float, "Adam learning rate (default 1e-3; with --resume, the rate from "
+         "there on: a step decay)"),
     Flag("--seed", "training", "seed", int, "random seed (default 0)", "S"),
     Flag("--beta", "training", "beta", float, "KL weight (beta-VAE; default 1)", "B"),
     Flag("--warmup-epochs", "training", "warmup_epochs", float, "linear KL warm-up over W epochs", "W"),
@@ -112,7 +113,8 @@ FLAGS = [
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
          "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
-RESUMABLE = ("--epochs", "--max-minutes")  # the flags --resume accepts: how long to go on, not what to train
+# the flags --resume accepts: how long to go on, and at what learning rate (a step decay), not what to train
+RESUMABLE = ("--epochs", "--max-minutes", "--lr")
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
 
@@ -218,8 +220,8 @@ class TrainCommand(Command):
             given.append("--overwrite")
         if given:
             raise VaekitError(f"--resume continues {args.out} with its saved settings; drop {', '.join(given)} "
-                              f"(only {' and '.join(RESUMABLE)} may change)")
-        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, progress=progress, log=log)
+                              f"(only {', '.join(RESUMABLE)} may change)")
+        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, progress=progress, log=log)
         log(f"resumed and finished {args.out}")
         return 0
 

@@ -91,19 +91,21 @@ def resume(
     *,
     epochs: int | None = None,
     max_minutes: float | None = None,
+    lr: float | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ):
     """Continue the run in ``out`` from its checkpoint, optionally to a new number of epochs or a new
     time budget (``max_minutes`` counts all training time, the earlier sessions' included; 0: none),
-    so a run stopped by its budget can be extended."""
+    so a run stopped by its budget can be extended, and optionally at a new learning rate ``lr`` (a
+    step decay; metrics.jsonl records the rate of every epoch)."""
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
     out = Path(out)
     cfg = read_run_config(out)
     if not (out / CHECKPOINT).is_file():
         raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
     train_cfg = cfg.training
-    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes)) if v is not None}
+    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr)) if v is not None}
     if any(getattr(train_cfg, k) != v for k, v in changes.items()):
         flags = ", ".join("--" + k.replace("_", "-") for k in changes)
         train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)

@@ -354,7 +354,12 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         for name, opt in self.optimizers.items():
+            # the objective built each optimizer at the config's learning rate; loading the state would
+            # bring back the saved one, so a run resumed with a new --lr (a step decay) keeps the new one
+            built = [group["lr"] for group in opt.param_groups]
             opt.load_state_dict(state["optimizers"][name])
+            for group, lr in zip(opt.param_groups, built, strict=True):
+                group["lr"] = lr
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
