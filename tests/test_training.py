@@ -110,7 +110,7 @@ def test_resume_at_a_new_learning_rate_is_a_step_decay(tmp_path):
     resume(run, epochs=2, lr=1e-4, progress=False)
     assert [r["lr"] for r in read_metrics(run)] == [1e-3, 1e-4]
     assert json.loads((run / "config.json").read_text())["training"]["lr"] == 1e-4
-    # the checkpoint's optimizer holds the new rate, so a later plain --resume keeps it
+    # config.json now holds the new rate, and the optimizers are rebuilt from it, so a plain resume keeps it
     resume(run, epochs=3, progress=False)
     assert read_metrics(run)[-1]["lr"] == 1e-4
 
