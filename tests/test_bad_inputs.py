@@ -164,6 +164,7 @@ def test_resume_with_changed_settings_or_without_checkpoint(cli, good_run, tmp_p
     assert_user_error(cli("train", "--out", good_run, "--resume", "--latent-dim", "3"), "--latent-dim", "--resume")
     assert_user_error(cli("train", "--out", good_run, "--resume", "--max-minutes", "-1"), "--max-minutes")
     assert_user_error(cli("train", "--out", good_run, "--resume", "--lr", "0"), "--lr")
+    assert_user_error(cli("train", "--out", good_run, "--resume", "--ema", "1"), "--ema")
     assert_user_error(cli("train", "--out", tmp_path / "none", "--resume"), "no such run directory")
 
 

@@ -115,6 +115,22 @@ def test_resume_at_a_new_learning_rate_is_a_step_decay(tmp_path):
     assert read_metrics(run)[-1]["lr"] == 1e-4
 
 
+def test_resume_can_start_a_weight_average_from_the_trained_weights(tmp_path):
+    run = tmp_path / "run"
+    tiny_train(run, epochs=1, limit=200)
+    trained = load_tensors(run / "model.safetensors")[0]
+    # no further epoch: the new average is the trained weights, not the freshly built model's
+    resume(run, epochs=1, ema_decay=0.99, progress=False)
+    assert json.loads((run / "config.json").read_text())["training"]["ema_decay"] == 0.99
+    assert all(torch.equal(v, trained[k]) for k, v in load_tensors(run / "model.safetensors")[0].items())
+    resume(run, epochs=2, progress=False)  # model.safetensors now holds the average, the checkpoint the raw weights
+    average, raw = load_tensors(run / "model.safetensors")[0], load_checkpoint(run / "checkpoint.safetensors")["model"]
+    for k, v in average.items():
+        assert not torch.equal(v, raw[k]) and not torch.equal(v, trained[k])
+        # between the two: the average trails the raw weights
+        assert (v - raw[k]).norm() < (trained[k] - raw[k]).norm()
+
+
 def test_a_run_stopped_by_its_time_budget_resumes_with_a_larger_or_no_budget(tmp_path, monkeypatch):
     clock = iter(range(10_000))  # a fake clock: each reading is one second later, so no real timing
 

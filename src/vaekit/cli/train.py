@@ -114,7 +114,7 @@ FLAGS = [
          "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
 # the flags --resume accepts: how long to go on, and at what learning rate (a step decay), not what to train
-RESUMABLE = ("--epochs", "--max-minutes", "--lr")
+RESUMABLE = ("--epochs", "--max-minutes", "--lr", "--ema")
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
 
@@ -221,7 +221,8 @@ class TrainCommand(Command):
         if given:
             raise VaekitError(f"--resume continues {args.out} with its saved settings; drop {', '.join(given)} "
                               f"(only {', '.join(RESUMABLE)} may change)")
-        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, progress=progress, log=log)
+        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, ema_decay=args.ema,
+               progress=progress, log=log)
         log(f"resumed and finished {args.out}")
         return 0
 

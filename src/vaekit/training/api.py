@@ -92,22 +92,25 @@ def resume(
     epochs: int | None = None,
     max_minutes: float | None = None,
     lr: float | None = None,
+    ema_decay: float | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ):
     """Continue the run in ``out`` from its checkpoint, optionally to a new number of epochs or a new
     time budget (``max_minutes`` counts all training time, the earlier sessions' included; 0: none),
-    so a run stopped by its budget can be extended, and optionally at a new learning rate ``lr`` (a
-    step decay; metrics.jsonl records the rate of every epoch)."""
+    so a run stopped by its budget can be extended, optionally at a new learning rate ``lr`` (a
+    step decay; metrics.jsonl records the rate of every epoch), and optionally keeping a moving
+    average of the weights from here on (``ema_decay``; 0 stops keeping one)."""
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
     out = Path(out)
     cfg = read_run_config(out)
     if not (out / CHECKPOINT).is_file():
         raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
     train_cfg = cfg.training
-    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr)) if v is not None}
+    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr),
+                                                  ("ema_decay", ema_decay)) if v is not None}
     if any(getattr(train_cfg, k) != v for k, v in changes.items()):
-        flags = ", ".join("--" + k.replace("_", "-") for k in changes)
+        flags = ", ".join({"ema_decay": "--ema"}.get(k, "--" + k.replace("_", "-")) for k in changes)
         train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
         cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
         write_run_config(out, cfg)

@@ -376,8 +376,11 @@ class Trainer:
         self.skipped_epoch = state["skipped_epoch"]
         self.grad_norms = {k: (v["mean"], v["count"]) for k, v in state.get("grad_norms", {}).items()}
         self.history = list(state["history"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:  # an average first asked for on resume (--resume --ema) starts from the restored weights
+                self.ema = EMA(self.model, self.config.ema_decay)
         # after a kill -9: a write may have been cut short (its temp file is debris), and the files
         # derived from the checkpoint may be older or newer than it
         for debris in self.run_dir.glob(".*.tmp"):
