@@ -113,7 +113,8 @@ FLAGS = [
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
          "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
-# the flags --resume accepts: how long to go on, and at what learning rate (a step decay), not what to train
+# the flags --resume accepts: how long to go on, at what learning rate (a step decay) and whether to average
+# the weights from here on, not what to train
 RESUMABLE = ("--epochs", "--max-minutes", "--lr", "--ema")
 CONFIG_SECTIONS = ("model", "data", "training")
 CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")

@@ -107,8 +107,8 @@ def resume(
     if not (out / CHECKPOINT).is_file():
         raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
     train_cfg = cfg.training
-    changes = {k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr),
-                                                  ("ema_decay", ema_decay)) if v is not None}
+    asked = (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr), ("ema_decay", ema_decay))
+    changes = {k: v for k, v in asked if v is not None}
     if any(getattr(train_cfg, k) != v for k, v in changes.items()):
         flags = ", ".join({"ema_decay": "--ema"}.get(k, "--" + k.replace("_", "-")) for k in changes)
         train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
