@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import read_metrics, tiny_train
-from vaekit.disentanglement.dsprites import FACTOR_SIZES, DSprites
+from vaekit.data.dsprites import FACTOR_SIZES, DSprites
 from vaekit.disentanglement.metrics import METRICS, sample_factors
 from vaekit.errors import VaekitError
 from vaekit.evaluation import log_likelihood

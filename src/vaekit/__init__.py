@@ -6,7 +6,7 @@ they learned and ship into latent-diffusion pipelines.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from vaekit.version import __version__
 
 __all__ = ["__version__", "load", "resume", "train"]
 

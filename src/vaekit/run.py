@@ -20,6 +20,7 @@ from vaekit.data import DataConfig, DataInfo
 from vaekit.errors import VaekitError
 from vaekit.io import load_tensors, read_json, save_tensors, write_json
 from vaekit.training.config import TrainConfig
+from vaekit.version import __version__
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -36,8 +37,6 @@ class RunConfig:
     training: TrainConfig
 
     def to_json(self) -> dict[str, Any]:
-        from vaekit import __version__
-
         return {
             "_class_name": self.model_class.__name__,
             "_format_version": FORMAT_VERSION,

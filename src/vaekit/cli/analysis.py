@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import add_device, add_run, open_run, positive_int, run_data
-from vaekit.cli.main import Command, command
 
 GMM_FILE = "prior_gmm.safetensors"
 

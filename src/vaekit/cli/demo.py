@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import positive_int
-from vaekit.cli.main import Command, command
 
 DEMO_RUNS = (
     # (directory, title, model overrides, conditional)

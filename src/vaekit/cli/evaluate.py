@@ -8,8 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import add_device, add_run, open_run, positive_int, run_data
-from vaekit.cli.main import Command, command
 from vaekit.errors import VaekitError
 
 KEYS = ("elbo", "recon", "kl", "nll", "bits_per_dim", "active_units", "k", "n")

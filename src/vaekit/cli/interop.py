@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import positive_int
-from vaekit.cli.main import Command, command
 
 
 @command("export-diffusers")

@@ -1,52 +1,17 @@
-"""The ``vaekit`` command. Subcommands register with ``@command(name)``; a user error prints one
-line on stderr and exits with code 2, never a traceback."""
+"""The ``vaekit`` command: builds the parser from every registered subcommand and runs one. A user
+error prints one line on stderr and exits with code 2, never a traceback."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
 
+from vaekit.cli.base import COMMANDS, Parser
 from vaekit.errors import Interrupted, TrainingStopped, VaekitError
-from vaekit.registry import Registry
-
-COMMANDS: Registry[Command] = Registry("command")
-
-
-class Command:
-    """A subcommand: ``add_arguments`` declares its options, ``run`` does the work (lazily
-    importing torch and friends so that ``vaekit --help`` stays instant)."""
-
-    name: str = ""
-    help: str = ""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        pass
-
-    def run(self, args: argparse.Namespace) -> int | None:
-        raise NotImplementedError
-
-
-def command(name: str) -> Callable[[type[Command]], type[Command]]:
-    def decorate(cls: type[Command]) -> type[Command]:
-        cls.name = name
-        COMMANDS.register(name)(cls())
-        return cls
-
-    return decorate
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit code 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def build_parser() -> Parser:
-    from vaekit import __version__
     from vaekit.cli import commands  # noqa: F401  (registers the subcommands)
+    from vaekit.version import __version__
 
     parser = Parser(prog="vaekit", description="Variational autoencoders: train, measure, see, ship.")
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")

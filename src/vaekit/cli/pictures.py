@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import add_device, add_run, open_run, positive_int, run_data
-from vaekit.cli.main import Command, command
 
 
 def add_split(p: argparse.ArgumentParser) -> None:

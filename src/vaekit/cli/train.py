@@ -8,8 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from vaekit.cli.base import Command, command
 from vaekit.cli.common import int_list, positive_int
-from vaekit.cli.main import Command, command
 from vaekit.errors import VaekitError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaekit.cli.main import Command, command
+from vaekit.cli.base import Command, command
 
 
 @command("weights")

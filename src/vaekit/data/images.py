@@ -104,7 +104,7 @@ def check_images(files: list[Path], skip_bad: bool) -> tuple[list[Path], int]:
 def read_image_folder(root: Path, resolution: int | None, color: str, skip_bad: bool, lazy: bool = False):
     """All images of a folder: decoded into one uint8 array, or (``lazy``) checked and listed for
     an ImageStream."""
-    from vaekit.data.sources import RawData
+    from vaekit.data.arrays import RawData
 
     files = list_images(root)
     if not files:

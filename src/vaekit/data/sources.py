@@ -12,38 +12,15 @@ import math
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vaekit.data.arrays import RawData
 from vaekit.data.images import read_image_folder
 from vaekit.errors import VaekitError
 from vaekit.registry import Registry
-
-
-@dataclass
-class RawData:
-    """Arrays as read: x is [N, D] (vector) or [N, C, H, W] (image), uint8 or float."""
-
-    x: np.ndarray | None  # None for a source read lazily (``items``)
-    y: np.ndarray | None = None
-    x_test: np.ndarray | None = None  # the source's own test split, if it has one
-    y_test: np.ndarray | None = None
-    class_names: tuple[str, ...] = ()
-    feature_names: tuple[str, ...] = ()
-    source: str = ""
-    skipped: int = 0  # unreadable files skipped with --skip-bad
-    origin: dict = field(default_factory=dict)  # where rows came from, for error messages
-    items: list | None = None  # images to stream instead of x: Paths or [H, W, C] uint8 arrays
-    grey: bool = False  # for items: whether they are grey
-    dataset: object = None  # a procedural dataset served by index (``batch``), e.g. dSprites
-
-    @property
-    def kind(self) -> str:
-        if self.dataset is not None:
-            return self.dataset.kind
-        return "image" if self.items is not None or self.x.ndim == 4 else "vector"
 
 
 @dataclass(frozen=True)
@@ -127,7 +104,7 @@ def _skimage_photos(arg: str | None, opts: ReadOptions) -> RawData:
 def _dsprites(arg: str | None, opts: ReadOptions) -> RawData:
     """dSprites, generated procedurally (737,280 binary 64x64 images with their five factors); the
     labels are the shape (square, ellipse, heart), the factors are kept for disentanglement metrics."""
-    from vaekit.disentanglement.dsprites import SHAPES, DSprites
+    from vaekit.data.dsprites import SHAPES, DSprites
 
     return RawData(None, None, class_names=tuple(SHAPES), source="dSprites (procedural)", dataset=DSprites())
 

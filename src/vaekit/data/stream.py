@@ -62,7 +62,7 @@ class ImageStream:
         return x, y
 
     def take(self, n: int):
-        from vaekit.data import ArrayData
+        from vaekit.data.arrays import ArrayData
 
         x, y = self.batch(torch.arange(min(n, len(self))))
         return ArrayData(x, y)

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from vaekit.data import ArrayData
+from vaekit.elbo import bits_per_dim, elbo_parts
 from vaekit.errors import VaekitError
-from vaekit.objectives import bits_per_dim, elbo_parts
 from vaekit.runtime import tune_cpu
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: unit i is active if Var_x(E_q[z_i | x]) > 0.01

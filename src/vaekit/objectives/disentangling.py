@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaekit.distributions import LOG_2PI
+from vaekit.elbo import elbo_parts, free_bits_kl
 from vaekit.errors import VaekitError
-from vaekit.objectives import OBJECTIVES, Objective, adam, elbo_parts, free_bits_kl
+from vaekit.objectives.base import OBJECTIVES, Objective, adam
 
 if TYPE_CHECKING:
     from vaekit.models.base import VAE
+    from vaekit.protocol import Batch, StepContext
     from vaekit.training.config import TrainConfig
-    from vaekit.training.trainer import Batch, StepContext
 
 
 def _require_flat_standard(model: VAE, objective: str) -> None:

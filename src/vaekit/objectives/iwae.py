@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from vaekit.objectives import ELBO, OBJECTIVES
+from vaekit.objectives.base import OBJECTIVES
+from vaekit.objectives.elbo import ELBO
 
 if TYPE_CHECKING:
     from vaekit.models.base import VAE
-    from vaekit.training.trainer import Batch, StepContext
+    from vaekit.protocol import Batch, StepContext
 
 
 @OBJECTIVES.register("iwae")

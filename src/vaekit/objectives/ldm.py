@@ -22,12 +22,12 @@ from torch import Tensor, nn
 
 from vaekit.errors import VaekitError
 from vaekit.models.discriminator import NLayerDiscriminator
-from vaekit.objectives import OBJECTIVES, Objective, adam
+from vaekit.objectives.base import OBJECTIVES, Objective, adam
 
 if TYPE_CHECKING:
     from vaekit.models.base import VAE
+    from vaekit.protocol import Batch, StepContext
     from vaekit.training.config import TrainConfig
-    from vaekit.training.trainer import Batch, StepContext
 
 BASE_LR = 4.5e-6  # LDM's base learning rate, scaled by the batch size (and accumulation)
 

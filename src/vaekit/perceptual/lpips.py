@@ -15,30 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NETS = {
-    # torchvision-style feature stacks: (kind, spec); the indices where LPIPS taps a ReLU output
-    "alex": {
-        "layers": [("conv", 3, 64, 11, 4, 2), ("relu",), ("pool", 3, 2), ("conv", 64, 192, 5, 1, 2), ("relu",),
-                   ("pool", 3, 2), ("conv", 192, 384, 3, 1, 1), ("relu",), ("conv", 384, 256, 3, 1, 1), ("relu",),
-                   ("conv", 256, 256, 3, 1, 1), ("relu",)],
-        "taps": (1, 4, 7, 9, 11),
-        "channels": (64, 192, 384, 256, 256),
-    },
-    "vgg": {
-        "layers": [("conv", 3, 64, 3, 1, 1), ("relu",), ("conv", 64, 64, 3, 1, 1), ("relu",), ("pool", 2, 2),
-                   ("conv", 64, 128, 3, 1, 1), ("relu",), ("conv", 128, 128, 3, 1, 1), ("relu",), ("pool", 2, 2),
-                   ("conv", 128, 256, 3, 1, 1), ("relu",), ("conv", 256, 256, 3, 1, 1), ("relu",),
-                   ("conv", 256, 256, 3, 1, 1), ("relu",), ("pool", 2, 2),
-                   ("conv", 256, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-                   ("conv", 512, 512, 3, 1, 1), ("relu",), ("pool", 2, 2),
-                   ("conv", 512, 512, 3, 1, 1), ("relu",), ("conv", 512, 512, 3, 1, 1), ("relu",),
-                   ("conv", 512, 512, 3, 1, 1), ("relu",)],
-        "taps": (3, 8, 15, 22, 29),
-        "channels": (64, 128, 256, 512, 512),
-    },
-}
-SHIFT = (-0.030, -0.088, -0.188)
-SCALE = (0.458, 0.448, 0.450)
+from vaekit.perceptual.nets import NETS, SCALE, SHIFT
+from vaekit.perceptual.weights import lpips_weights
 
 
 def _layer(spec) -> nn.Module:
@@ -99,8 +77,6 @@ _lock = threading.Lock()
 
 def load_lpips(net: str = "vgg", device: str | torch.device = "cpu", fetch: bool = True) -> LPIPS:
     """The pretrained LPIPS network (weights fetched and converted on first use)."""
-    from vaekit.perceptual.weights import lpips_weights
-
     key = (net, str(device))
     with _lock:
         if key not in _cache:

