@@ -11,8 +11,6 @@ from pathlib import Path
 from vaekit.cli.base import Command, command
 from vaekit.cli.common import add_device, add_run, open_run, positive_int, run_data
 
-GMM_FILE = "prior_gmm.safetensors"
-
 
 @command("fit-prior")
 class FitPriorCommand(Command):
@@ -24,42 +22,25 @@ class FitPriorCommand(Command):
         p.add_argument("--covariance", choices=("full", "diag"), default="full")
         p.add_argument("--max-examples", type=positive_int, default=20000, help="training codes used (default 20000)")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="print one JSON object: path, codes, mean_log_likelihood, "
+                       "standard_normal_log_likelihood")
         add_device(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        import numpy as np
-        import torch
-        from sklearn.mixture import GaussianMixture
-
-        from vaekit.evaluation import posterior_means
-        from vaekit.io import save_tensors
+        from vaekit.evaluation.aggregate import fit_gmm_prior
 
         cfg, model = open_run(args.run, args.device)
-        train = run_data(cfg).train
-        codes = posterior_means(model, train.take(min(len(train), args.max_examples))).double().numpy()
-        gmm = GaussianMixture(args.components, covariance_type=args.covariance, random_state=args.seed,
-                              reg_covar=1e-5).fit(codes)
-        cov = gmm.covariances_ if args.covariance == "full" else np.stack([np.diag(c) for c in gmm.covariances_])
-        tensors = {"weights": torch.tensor(gmm.weights_), "means": torch.tensor(gmm.means_),
-                   "scale_tril": torch.linalg.cholesky(torch.tensor(cov))}
-        save_tensors(args.run / GMM_FILE, {k: v.float() for k, v in tensors.items()},
-                     metadata={"fitted_on": f"{len(codes)} training posterior means"})
-        print(args.run / GMM_FILE)
-        print(f"average log-likelihood of the codes under the mixture: {gmm.score(codes):.3f} "
-              f"(under N(0, I): {float(-0.5 * (codes**2 + np.log(2 * np.pi)).sum(1).mean()):.3f})")
+        fitted = fit_gmm_prior(args.run, model, run_data(cfg).train, args.components, args.covariance,
+                               args.max_examples, args.seed)
+        if args.json:
+            print(json.dumps({"path": str(fitted.path), "codes": fitted.n_codes,
+                              "mean_log_likelihood": fitted.mean_log_likelihood,
+                              "standard_normal_log_likelihood": fitted.standard_log_likelihood}))
+            return 0
+        print(fitted.path)
+        print(f"average log-likelihood of the codes under the mixture: {fitted.mean_log_likelihood:.3f} "
+              f"(under N(0, I): {fitted.standard_log_likelihood:.3f})")
         return 0
-
-
-def load_gmm(run: Path, model):
-    from vaekit.errors import VaekitError
-    from vaekit.io import load_tensors
-    from vaekit.models.priors import FullCovarianceMixture
-
-    path = run / GMM_FILE
-    if not path.is_file():
-        raise VaekitError(f"{path}: no fitted prior; run 'vaekit fit-prior {run}' first")
-    t, _ = load_tensors(path)
-    return FullCovarianceMixture(t["weights"], t["means"], t["scale_tril"])
 
 
 @command("disentanglement")
@@ -75,6 +56,8 @@ class DisentanglementCommand(Command):
         p.add_argument("--num-eval", type=positive_int, default=None, help="evaluation points (default 5000)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, default=None, help="JSON file (default RUN/disentanglement.json)")
+        p.add_argument("--json", action="store_true", help="print one JSON object: each metric's headline score "
+                       "(beta_vae, factor_vae: eval accuracy; mig; sap; dci: disentanglement)")
         add_device(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -99,9 +82,15 @@ class DisentanglementCommand(Command):
         write_json(out, {"run": str(args.run), "seed": args.seed, "settings": settings, "results": results})
         picture = save_png(traversals(model, data.test, data.info, dims=10, steps=9), args.run /
                            "disentanglement_traversal.png")
-        print(json.dumps({m: _headline(m, r) for m, r in results.items()}))
-        print(out)
-        print(picture)
+        headline = {m: _headline(m, r) for m, r in results.items()}
+        if args.json:
+            print(json.dumps(headline))
+            return 0
+        print(f"{args.run} on {cfg.data.spec} (seed {args.seed}):")
+        for metric, value in headline.items():
+            print(f"  {metric:<15} {value:>12.4f}")
+        print(f"details: {out}")
+        print(f"traversal: {picture}")
         return 0
 
 

@@ -9,11 +9,8 @@ import json
 from pathlib import Path
 
 from vaekit.cli.base import Command, command
-from vaekit.cli.common import add_device, add_run, open_run, positive_int, run_data
-from vaekit.errors import VaekitError
-
-KEYS = ("elbo", "recon", "kl", "nll", "bits_per_dim", "active_units", "k", "n")
-HIERARCHICAL_KEYS = ("kl_per_layer", "active_units_per_layer")  # added for hvae and ladder runs
+from vaekit.cli.common import add_device, add_run, open_run, positive_int
+from vaekit.evaluation.runs import LIKELIHOOD_KEYS as KEYS
 
 
 @command("evaluate")
@@ -42,9 +39,13 @@ class EvaluateCommand(Command):
         add_device(p)
 
     def run(self, args: argparse.Namespace) -> int:
+        from vaekit.evaluation.runs import EvaluationRequest, evaluate_run
+
         cfg, model = open_run(args.run, args.device)
-        evaluator = EVALUATORS[getattr(model, "evaluator", "likelihood")]
-        values, keys = evaluator(model, cfg, args)
+        request = EvaluationRequest(split=args.split, data=args.data, iw=args.iw, batch_size=args.batch_size,
+                                    lpips_net=None if args.lpips_net == "none" else args.lpips_net,
+                                    tiled=args.tiled, grid=args.grid, seed=args.seed, device=args.device)
+        values, keys = evaluate_run(args.run, cfg, model, request)
         if args.json:
             print(json.dumps({k: values[k] for k in keys}))
             return 0
@@ -56,58 +57,3 @@ class EvaluateCommand(Command):
                 v = "[" + ", ".join(f"{e:.3f}" if isinstance(e, float) else str(e) for e in v) + "]"
             print(f"  {key:<15} {v:>12.4f}" if isinstance(v, float) else f"  {key:<15} {v!s:>12}")
         return 0
-
-
-def _likelihood(model, cfg, args) -> tuple[dict, tuple[str, ...]]:
-    from vaekit.evaluation import evaluate
-
-    k = 1 if args.iw is None else args.iw
-    if k < 1:
-        raise VaekitError(f"--iw must be >= 1, got {k}")
-    if args.data is not None:
-        from vaekit.config import replace
-        from vaekit.data import load_data
-
-        data = load_data(replace(cfg.data, spec=args.data, test_spec=None), saved=cfg.data_info).test
-    else:
-        data = run_data(cfg).split(args.split)
-    result = evaluate(model, data, k=k, batch_size=args.batch_size or 4096, seed=args.seed, device=args.device)
-    values = result.as_dict()
-    return values, KEYS + tuple(k for k in HIERARCHICAL_KEYS if k in values)
-
-
-def _images(model, cfg, args) -> tuple[dict, tuple[str, ...]]:
-    import torch
-
-    from vaekit.evaluation.images import IMAGE_KEYS, evaluate_images
-    from vaekit.viz.grid import image_grid, save_png
-
-    if args.iw is not None:
-        raise VaekitError("--iw applies to likelihood models; image autoencoders report PSNR, SSIM and LPIPS")
-    data = folder_data(args.data, cfg, model) if args.data is not None else run_data(cfg).split(args.split)
-    net = None if args.lpips_net == "none" else args.lpips_net
-    result, shown, recon = evaluate_images(model, data, batch_size=args.batch_size or 8, lpips_net=net,
-                                           tiled=args.tiled, device=args.device, seed=args.seed)
-    grid = image_grid(torch.cat([shown, recon]), nrow=len(shown), value_range=model.input_range)
-    save_png(grid, args.grid or args.run / "eval_grid.png")
-    return result.as_dict(), IMAGE_KEYS
-
-
-def folder_data(spec: str, cfg, model):
-    """Every image of ``spec`` (centre-cropped to the run's resolution) as a stream, or the test split
-    of an in-memory source."""
-    from vaekit.config import replace
-    from vaekit.data import ImageStream, load_data
-    from vaekit.data.sources import ReadOptions, read_source
-
-    info = cfg.data_info
-    resolution = cfg.data.resolution or info.shape[-1]
-    raw = read_source(spec, ReadOptions(resolution, cfg.data.color, cfg.data.skip_bad, lazy=True))
-    if raw.items is not None:
-        grey = info.shape[0] == 1
-        return ImageStream(raw.items, None, resolution, grey, resize=cfg.data.resize, augment=False,
-                           input_range=tuple(info.input_range), seed=cfg.data.split_seed)
-    return load_data(replace(cfg.data, spec=spec, test_spec=None, augment=False), saved=info).test
-
-
-EVALUATORS = {"likelihood": _likelihood, "images": _images}

@@ -64,9 +64,9 @@ class SampleCommand(PictureCommand):
         reference = run_data(cfg).test if cfg.data_info.kind == "vector" else None
         prior = None
         if args.prior == "gmm":
-            from vaekit.cli.analysis import load_gmm
+            from vaekit.evaluation.aggregate import load_gmm_prior
 
-            prior = load_gmm(args.run, model)
+            prior = load_gmm_prior(args.run)
         return samples(model, cfg.data_info, args.n, args.label, args.temperature, args.seed, reference, prior)
 
 

@@ -1,10 +1,11 @@
-"""``vaekit train``: settings come from defaults < --preset < --config FILE.json < flags."""
+"""``vaekit train``: the flags become explicit settings, resolved by ``vaekit.settings`` (defaults <
+the model's and objective's defaults < --preset < --config FILE.json < flags), as for Python users."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +114,8 @@ FLAGS = [
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
          "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
-# the flags --resume accepts: how long to go on, at what learning rate (a step decay) and whether to average
-# the weights from here on, not what to train
+# the flags --resume may change (vaekit.settings.RESUMABLE); re-stated flags must equal the saved values
 RESUMABLE = ("--epochs", "--max-minutes", "--lr", "--ema")
-CONFIG_SECTIONS = ("model", "data", "training")
-CONFIG_META = ("_class_name", "_format_version", "vaekit_version", "data_info")
 
 
 @command("train")
@@ -147,85 +145,78 @@ class TrainCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         progress = False if args.quiet else None
+        settings = self.settings(args)
         if args.resume:
-            return self._resume(args, log, progress)
-        from vaekit.data import DataConfig
+            return self._resume(args, settings, log, progress)
         from vaekit.training.api import train
-        from vaekit.training.config import TrainConfig
 
-        model, sections, conditional = self._settings(args)
-        if "spec" not in sections["data"]:
+        if "spec" not in settings.given["data"]:
             raise VaekitError("--data is required (e.g. --data digits)")
-        from vaekit.config import from_dict
-
-        data_cfg = from_dict(DataConfig, sections["data"], "data settings")
-        train_cfg = from_dict(TrainConfig, sections["training"], "training settings")
-        _, _history = train(args.out, model=model, model_overrides=sections["model"], conditional=conditional,
-                           data=data_cfg, training=train_cfg, overwrite=args.overwrite, progress=progress, log=log)
+        train(args.out, settings=settings, overwrite=args.overwrite, progress=progress, log=log)
         log(f"wrote {args.out} (model.safetensors, config.json, metrics.jsonl)")
         return 0
 
-    def _settings(self, args: argparse.Namespace) -> tuple[str, dict[str, dict], bool]:
-        from vaekit.models import PRESETS
+    @staticmethod
+    def settings(args: argparse.Namespace):
+        """The flags as explicit settings, resolved by the library (vaekit.settings) as for Python users."""
+        from vaekit.settings import resolve_settings
 
-        sections: dict[str, dict] = {s: {} for s in CONFIG_SECTIONS}
-        model = "mlp"
-        conditional = False
-        if args.preset is not None:
-            preset = PRESETS.get(args.preset)
-            model = preset["model"]
-            sections["model"].update(preset["model_config"])
-            sections["training"].update(preset.get("training", {}))
-        if args.config is not None:
-            file_model, file_sections = read_config_file(args.config)
-            model = file_model or model
-            for name in CONFIG_SECTIONS:
-                sections[name].update(file_sections.get(name, {}))
-            conditional = sections["model"].pop("num_classes", 0) > 0
-            sections["model"].pop("data_shape", None)
-        if args.model is not None:
-            model = args.model
-        if args.conditional:
-            conditional = True
+        explicit: dict[str, dict] = {"model": {}, "data": {}, "training": {}}
         if args.data is not None:
-            sections["data"]["spec"] = args.data
+            explicit["data"]["spec"] = args.data
         if args.skip_bad:
-            sections["data"]["skip_bad"] = True
+            explicit["data"]["skip_bad"] = True
         if args.sigma is not None:
-            sections["model"].update(parse_sigma(args.sigma))
+            explicit["model"].update(parse_sigma(args.sigma))
         for f in FLAGS:
             value = getattr(args, f.dest)
             if value is not None:
-                sections[f.section][f.field] = value
-        # what the model family and the objective change from the defaults, under the user's settings
-        from vaekit.models import MODELS
-        from vaekit.objectives import OBJECTIVES
+                explicit[f.section][f.field] = value
+        return resolve_settings(model=args.model, preset=args.preset, config=args.config,
+                                conditional=args.conditional, model_overrides=explicit["model"],
+                                data=explicit["data"], training=explicit["training"])
 
-        for key, value in MODELS.get(model).data_defaults.items():
-            sections["data"].setdefault(key, value)
-        for key, value in MODELS.get(model).training_defaults.items():
-            sections["training"].setdefault(key, value)
-        objective = OBJECTIVES.get(sections["training"].get("objective", "elbo"))
-        for key, value in objective.default_settings(sections["training"]).items():
-            sections["training"].setdefault(key, value)
-        return model, sections, conditional
-
-    def _resume(self, args: argparse.Namespace, log, progress) -> int:
+    def _resume(self, args: argparse.Namespace, settings, log, progress) -> int:
+        """The command that started the run, plus --resume: re-stated settings must equal the saved
+        ones; only the RESUMABLE flags may change."""
+        from vaekit.run import read_run_config
+        from vaekit.settings import restated_conflicts
         from vaekit.training.api import resume
 
-        given = [f.name for f in FLAGS if getattr(args, f.dest) is not None and f.name not in RESUMABLE]
-        given += [name for name, value in (("--data", args.data), ("--model", args.model), ("--preset", args.preset),
-                  ("--config", args.config), ("--sigma", args.sigma), ("--conditional", args.conditional),
-                  ("--skip-bad", args.skip_bad)) if value is not None]
         if args.overwrite:
-            given.append("--overwrite")
-        if given:
-            raise VaekitError(f"--resume continues {args.out} with its saved settings; drop {', '.join(given)} "
-                              f"(only {', '.join(RESUMABLE)} may change)")
+            raise VaekitError("--overwrite replaces a run and --resume continues it; pass one of them")
+        saved = read_run_config(args.out)
+        conflicts = restated_conflicts(saved, settings)
+        if conflicts:
+            c = conflicts[0]
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise VaekitError(f"--resume: {flag_name(c)} differs from the run's saved setting: {args.out} was "
+                              f"trained with {_show(c.saved)}, this command gives {_show(c.new)}{more}; drop it "
+                              f"or start a new run (only {', '.join(RESUMABLE)} may change)")
         resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, ema_decay=args.ema,
                progress=progress, log=log)
         log(f"resumed and finished {args.out}")
         return 0
+
+
+def flag_name(conflict) -> str:
+    """The flag (or preset/config file) a conflicting setting came from."""
+    if conflict.origin != "explicit":
+        return f"{conflict.origin} ({conflict.key})"
+    if conflict.section == "data" and conflict.key == "spec":
+        return "--data"
+    if conflict.section == "data" and conflict.key == "skip_bad":
+        return "--skip-bad"
+    if conflict.section == "model" and conflict.key in ("sigma", "sigma_mode"):
+        return "--sigma"
+    names = [f.name for f in FLAGS if f.section == conflict.section and f.field == conflict.key]
+    return names[0] if names else conflict.key
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def parse_sigma(text: str) -> dict[str, Any]:
@@ -238,43 +229,3 @@ def parse_sigma(text: str) -> dict[str, Any]:
     if value <= 0:
         raise VaekitError(f"--sigma must be positive, got {value}")
     return {"sigma_mode": "fixed", "sigma": value}
-
-
-def read_config_file(path: Path) -> tuple[str | None, dict[str, dict]]:
-    """A --config JSON: optional '_class_name' (or 'model_name'), and 'model', 'data', 'training'
-    sections whose keys must be real fields."""
-    from vaekit.data import DataConfig
-    from vaekit.io import read_json
-    from vaekit.models import MODELS, model_class
-    from vaekit.registry import suggest
-    from vaekit.training.config import TrainConfig
-
-    if not path.is_file():
-        raise VaekitError(f"{path}: no such file")
-    doc = read_json(path)
-    if not isinstance(doc, dict):
-        raise VaekitError(f"{path}: expected a JSON object")
-    for key in doc:
-        if key not in CONFIG_SECTIONS and key not in CONFIG_META and key != "model_name":
-            raise VaekitError(f"{path}: unknown key '{key}'{suggest(key, (*CONFIG_SECTIONS, 'model_name'))}")
-    model = None
-    if "model_name" in doc:
-        model = doc["model_name"]
-        cls = MODELS.get(model)
-    elif "_class_name" in doc:
-        cls = model_class(doc["_class_name"])
-        model = cls.name
-    else:
-        cls = MODELS.get("mlp")
-    known = {"model": cls.config_class, "data": DataConfig, "training": TrainConfig}
-    sections: dict[str, dict] = {}
-    for name, dc in known.items():
-        section = doc.get(name, {})
-        if not isinstance(section, dict):
-            raise VaekitError(f"{path}: '{name}' must be an object")
-        names = {f.name for f in fields(dc)}
-        for key in section:
-            if key not in names:
-                raise VaekitError(f"{path}: {name}: unknown key '{key}'{suggest(key, names)}")
-        sections[name] = dict(section)
-    return model, sections

@@ -12,6 +12,7 @@ sampling. The KL of each block is analytic (both Gaussians share h) and is repor
 
 The topology is a short string, high resolution first: "28x2,14x2,7x2,1x1" means two blocks at
 28x28, two at 14x14, two at 7x7 and one at 1x1, for the encoder and (mirrored) for the decoder.
+Without one, the topology follows the image size (``default_topology``).
 With ``patch = P`` the image is first folded into P x P patches (space-to-depth, [B, C, H, W] ->
 [B, C*P*P, H/P, W/P]) and the output unfolded the same way, so the topology starts at H/P: every
 pixel keeps its own logit, and the blocks run on P*P times fewer positions (on a CPU, 28x28 with
@@ -60,6 +61,17 @@ def parse_topology(text: str) -> list[tuple[int, int]]:
         if b >= a or a % b:
             raise VaekitError(f"topology '{text}': resolutions must decrease by whole factors ({a} -> {b})")
     return groups
+
+
+def default_topology(size: int) -> str:
+    """Two blocks at the folded image size and at each halving while the result stays even and at
+    least 4 px, then one block at 1x1: 28 -> "28x2,14x2,7x2,1x1", 8 -> "8x2,4x2,1x1",
+    64 -> "64x2,32x2,16x2,8x2,4x2,1x1"."""
+    sizes = [size]
+    while sizes[-1] % 2 == 0 and sizes[-1] // 2 >= 4:
+        sizes.append(sizes[-1] // 2)
+    groups = [f"{s}x2" for s in sizes if s > 1]
+    return ",".join([*groups, "1x1"])
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,11 @@ class LadderVAE(VAE):
         cls.require(info, conditional)
         fields = dict(fields)
         fields["data_shape"] = list(info.shape)
+        if "topology" not in fields:  # follows the image size (after folding by the patch)
+            patch = int(fields.get("patch", LadderConfig.patch))
+            size = info.shape[-1]
+            if len(info.shape) == 3 and patch >= 1 and size % patch == 0:
+                fields["topology"] = default_topology(size // patch)
         return fields
 
     @property

@@ -1,10 +1,10 @@
-"""Training from Python: ``train(...)`` and ``resume(...)`` build everything from configs and run the
-one Trainer."""
+"""Training from Python: ``train(...)`` and ``resume(...)`` resolve the settings, build everything from
+configs and run the one Trainer. The CLI calls these."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from vaekit.objectives import OBJECTIVES
 from vaekit.registry import suggest
 from vaekit.run import CHECKPOINT, RunConfig, prepare_run_dir, read_run_config, write_run_config
 from vaekit.runtime import tune_cpu
+from vaekit.settings import RunSettings, resolve_settings
 from vaekit.training.config import TrainConfig
 from vaekit.training.trainer import Trainer
 
@@ -53,26 +54,36 @@ def check_compatible(model_cls, model_cfg, info: DataInfo) -> None:
 def train(
     out: str | Path,
     *,
-    model: str = "mlp",
-    model_overrides: dict[str, Any] | None = None,
-    conditional: bool = False,
-    data: DataConfig | None = None,
-    training: TrainConfig | None = None,
+    model: str | None = None,
+    preset: str | None = None,
+    config: str | Path | Mapping | None = None,
+    conditional: bool | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
+    data: str | DataConfig | Mapping | None = None,
+    training: TrainConfig | Mapping | None = None,
+    settings: RunSettings | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ):
-    """Train a new run in ``out``; returns (model, metrics history)."""
+    """Train a new run in ``out``; returns (model, metrics history).
+
+    Settings are resolved by ``vaekit.settings.resolve_settings`` exactly as ``vaekit train`` resolves
+    its flags (defaults < the model's and objective's defaults < ``preset`` < ``config`` < the rest),
+    so the same settings write the same config.json from Python and from the command line. Pass
+    ``settings`` (an already resolved ``RunSettings``) instead of the individual layers to skip that.
+    """
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
-    data_cfg = data or DataConfig()
-    train_cfg = training or TrainConfig()
-    OBJECTIVES.get(train_cfg.objective)
+    if settings is None:
+        settings = resolve_settings(model=model, preset=preset, config=config, conditional=conditional,
+                                    model_overrides=model_overrides, data=data, training=training)
     from vaekit.models import MODELS
 
-    splits = load_data(data_cfg, input_range=MODELS.get(model).input_range)
+    data_cfg, train_cfg = settings.data, settings.training
+    splits = load_data(data_cfg, input_range=MODELS.get(settings.model).input_range)
     for note in splits.notes:
         (log or print)(note)
-    model_cls, model_cfg = model_config_for(model, model_overrides or {}, splits.info, conditional)
+    model_cls, model_cfg = model_config_for(settings.model, settings.model_overrides, splits.info, settings.conditional)
     check_compatible(model_cls, model_cfg, splits.info)
     run_cfg = RunConfig(model_cls, model_cfg, data_cfg, splits.info, train_cfg)
     torch.manual_seed(train_cfg.seed)
