@@ -64,6 +64,16 @@ def label_rows(grid, labels: list[str], rows: int, width: int = 90):
     return out
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure_to_image(fig):
     """Render a matplotlib figure to a PIL image and close it."""
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 """What a model learned, as pictures: samples, reconstructions, interpolations, traversals, loss
-curves and the latent space. Image data gives image grids; tabular data gives plots of features.
-Every function returns a PIL image.
+curves and the latent space. Image data gives image grids; tabular data gives plots of features
+(``vaekit.viz.tabular``). Every function returns a PIL image.
 """
 
 from __future__ import annotations
@@ -14,18 +14,8 @@ from torch import Tensor
 from vaekit.data import ArrayData, DataInfo
 from vaekit.errors import VaekitError
 from vaekit.evaluation import posterior_means
-from vaekit.viz.grid import figure_to_image, image_grid, label_rows
-
-MAX_FEATURES = 8
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from vaekit.viz.grid import figure_to_image, image_grid, label_rows, pyplot
+from vaekit.viz.tabular import feature_histograms, feature_paths, feature_scatter, feature_traversals
 
 
 def _device(model) -> torch.device:
@@ -64,7 +54,7 @@ def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temper
     if info.kind == "image":
         nrow = model.config.num_classes if model.config.conditional and label is None else None
         return image_grid(x, nrow=nrow, value_range=info.value_range)
-    return _feature_histograms(x, reference, info, f"{n} samples (T={temperature})")
+    return feature_histograms(x, reference, info, f"{n} samples (T={temperature})")
 
 
 @torch.no_grad()
@@ -83,7 +73,7 @@ def reconstructions(model, data: ArrayData, info: DataInfo, n: int = 16):
         width = max(len(r) for r in rows)
         padded = [torch.cat([r, torch.ones(width - len(r), *r.shape[1:])]) if len(r) < width else r for r in rows]
         return image_grid(torch.cat(padded), nrow=width, value_range=info.value_range)
-    return _feature_scatter(sub.x, recon, info)
+    return feature_scatter(sub.x, recon, info)
 
 
 @torch.no_grad()
@@ -159,7 +149,7 @@ def interpolations(model, data: ArrayData, info: DataInfo, i: int = 0, j: int = 
         grid = image_grid(torch.cat([decoded["linear"], decoded["spherical"]]), nrow=steps,
                           value_range=info.value_range)
         return label_rows(grid, ["linear", "spherical"], rows=2, width=70)
-    return _feature_paths(decoded, t.cpu(), info)
+    return feature_paths(decoded, t.cpu(), info)
 
 
 @torch.no_grad()
@@ -189,7 +179,7 @@ def traversals(model, data: ArrayData, info: DataInfo, dims: int = 10, steps: in
     if info.kind == "image":
         grid = image_grid(torch.cat(rows), nrow=steps, value_range=info.value_range)
         return label_rows(grid, labels, rows=len(rows), width=110)
-    return _feature_traversals(rows, values.cpu(), labels, info)
+    return feature_traversals(rows, values.cpu(), labels, info)
 
 
 # panels of the training curves: (title, [(metrics.jsonl key, label), ...]); those present are drawn
@@ -205,7 +195,7 @@ CURVE_PANELS = [
 
 
 def loss_curves(history: list[dict]):
-    plt = _plt()
+    plt = pyplot()
     if not history:
         raise VaekitError("no metrics recorded yet (metrics.jsonl is empty)")
     epochs = [r["epoch"] for r in history]
@@ -233,7 +223,7 @@ def loss_curves(history: list[dict]):
 @torch.no_grad()
 def latent_scatter(model, data: ArrayData, info: DataInfo, max_points: int = 5000):
     """Posterior means in 2-D (PCA when the latent has more than 2 dimensions), coloured by label."""
-    plt = _plt()
+    plt = pyplot()
     sub = data.take(min(len(data), max_points))
     mu = posterior_means(model, sub).double().numpy()
     if mu.shape[1] > 2:
@@ -262,87 +252,5 @@ def latent_scatter(model, data: ArrayData, info: DataInfo, max_points: int = 500
     ax.set_ylabel(ylabel)
     ax.set_title("posterior means" + (" (PCA)" if mu.shape[1] > 2 else ""))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return figure_to_image(fig)
-
-
-# -- tabular data ---------------------------------------------------------------------------------
-
-
-def _feature_names(info: DataInfo, d: int) -> list[str]:
-    names = list(info.feature_names) or [f"x{i}" for i in range(d)]
-    return names[:d]
-
-
-def _grid_axes(n: int, size: float = 2.6):
-    plt = _plt()
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * 0.85 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, axes.flat
-
-
-def _feature_histograms(x: Tensor, reference: ArrayData | None, info: DataInfo, title: str):
-    x = x.flatten(1).numpy()
-    d = min(x.shape[1], MAX_FEATURES)
-    names = _feature_names(info, x.shape[1])
-    fig, axes = _grid_axes(d)
-    ref = None if reference is None else reference.take(len(reference)).x.flatten(1).numpy()
-    for i, ax in zip(range(d), axes):
-        bins = 30
-        if ref is not None:
-            ax.hist(ref[:, i], bins=bins, density=True, alpha=0.5, label="data")
-        ax.hist(x[:, i], bins=bins, density=True, alpha=0.5, label="generated")
-        ax.set_title(names[i], fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return figure_to_image(fig)
-
-
-def _feature_scatter(x: Tensor, recon: Tensor, info: DataInfo):
-    x, recon = x.flatten(1).numpy(), recon.flatten(1).numpy()
-    d = min(x.shape[1], MAX_FEATURES)
-    names = _feature_names(info, x.shape[1])
-    fig, axes = _grid_axes(d)
-    for i, ax in zip(range(d), axes):
-        ax.scatter(x[:, i], recon[:, i], s=8, alpha=0.7)
-        lo, hi = float(min(x[:, i].min(), recon[:, i].min())), float(max(x[:, i].max(), recon[:, i].max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_title(names[i], fontsize=9)
-        ax.set_xlabel("input", fontsize=7)
-        ax.set_ylabel("reconstruction", fontsize=7)
-    fig.suptitle("reconstructions (dashed: perfect)")
-    fig.tight_layout()
-    return figure_to_image(fig)
-
-
-def _feature_paths(decoded: dict[str, Tensor], t: Tensor, info: DataInfo):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, (name, x) in zip(axes, decoded.items()):
-        x = x.flatten(1).numpy()
-        names = _feature_names(info, x.shape[1])
-        for i in range(min(x.shape[1], MAX_FEATURES)):
-            ax.plot(t.numpy(), x[:, i], label=names[i])
-        ax.set_title(f"{name} interpolation")
-        ax.set_xlabel("t")
-    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    return figure_to_image(fig)
-
-
-def _feature_traversals(rows: list[Tensor], values: Tensor, labels: list[str], info: DataInfo):
-    fig, axes = _grid_axes(len(rows), size=3.2)
-    for x, label, ax in zip(rows, labels, axes):
-        x = x.flatten(1).numpy()
-        names = _feature_names(info, x.shape[1])
-        for i in range(min(x.shape[1], MAX_FEATURES)):
-            ax.plot(values.numpy(), x[:, i], label=names[i])
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("latent value", fontsize=7)
-    axes[0].legend(fontsize=6)
     fig.tight_layout()
     return figure_to_image(fig)
