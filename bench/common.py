@@ -61,14 +61,52 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def machine() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def machine_info() -> dict:
+    """What a figure was measured on: CPU model, AMX or not, cores, torch and its threads, GPU if any."""
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    info = {"cpu": cpu_model(), "amx": has_amx(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
-def save(name: str, payload: dict, table: str) -> None:
+def machine() -> str:
+    m = machine_info()
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
+    return (f"{m['cpu']} ({'AMX' if m['amx'] else 'no AMX'}), {m['cores']} cores, torch {m['torch']}, "
+            f"{m['threads']} threads{gpu}")
+
+
+def save(name: str, payload: dict, table: str, precision: str = "fp32", command: str | None = None) -> None:
+    """Write bench/results/NAME.md (the table under a line saying when, on what machine, in what
+    precision and by which command) and NAME.json (the numbers, with the same record). These are the
+    files docs/benchmarks.md names."""
+    import datetime
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table + "\n")
+    when = datetime.date.today().isoformat()
+    command = command or "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+    record = {"date": when, "machine": machine_info(), "precision": precision, "command": command}
+    header = f"<!-- {name} -->\n`{command}`, {when}, {machine()}, precision: {precision}\n\n"
+    (RESULTS / f"{name}.json").write_text(json.dumps({**record, **payload}, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(header + table.rstrip() + "\n")

@@ -165,7 +165,8 @@ def main() -> None:
         text += "\nTiled 2048x2048 decode, SD layout, 512 px tiles, fresh process\n\n"
         text += markdown_table(rss, ["implementation", "seconds", "peak RSS MiB", "output"]) + "\n"
     print(text)
-    save("kl_speed", {"speed": speed, "bf16_quality": quality, "training": steps, "tiled_rss": rss}, text)
+    save("kl_speed", {"speed": speed, "bf16_quality": quality, "training": steps, "tiled_rss": rss}, text,
+         precision="per column (fp32; bf16 autocast)")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main() -> None:
               f"({machine()})\n\n")
     print(header + table)
     save("train_speed", {"epochs": args.epochs, "reference": ref, "fp32": fp32, "bf16": bf16, "rows": rows},
-         header + table)
+         header + table, precision="per row (fp32; bf16 autocast)")
 
 
 if __name__ == "__main__":
