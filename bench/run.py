@@ -12,7 +12,7 @@ import sys
 
 from common import HERE, RESULTS
 
-BENCHMARKS = ["train_speed", "eval_speed", "kl_results", "kl_speed", "lpips_agreement", "likelihood",
+BENCHMARKS = ["train_speed", "eval_speed", "kl_results", "kl_speed", "lpips_agreement", "likelihood", "generation",
               "disentanglement"]
 
 
