@@ -43,9 +43,10 @@ def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, cond
 
 
 def check_compatible(model_cls, model_cfg, info: DataInfo) -> None:
-    from vaekit.likelihoods import LIKELIHOODS
+    from vaekit.likelihoods import LIKELIHOODS, check_levels
 
     lo, hi = info.value_range
+    check_levels(model_cfg.likelihood, info)
     if LIKELIHOODS.get(model_cfg.likelihood).unit_interval and (lo < 0 or hi > 1):
         raise VaekitError(f"the {model_cfg.likelihood} likelihood needs data in [0, 1], but {info.source} has values "
                           f"in [{lo:.3g}, {hi:.3g}]; use --likelihood gaussian")
