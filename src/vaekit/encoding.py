@@ -263,6 +263,7 @@ class Latents:
     _labels: object
 
     def chunk(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        stop = min(stop, self.n)
         z = torch.from_numpy(np.array(self._read(start, stop), dtype=np.float32))  # a copy: maps are read-only
         y = None if self._labels is None else torch.from_numpy(np.array(self._labels(start, stop), dtype=np.int64))
         return z, y

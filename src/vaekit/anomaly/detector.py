@@ -34,12 +34,12 @@ class VAEDetector(BaseEstimator):
     it), else trained in a temporary folder that is removed after ``fit``.
     """
 
-    def __init__(self, score: str = "nll", contamination: float = 0.1, model: str = "mlp",
+    def __init__(self, anomaly_score: str = "nll", contamination: float = 0.1, model: str = "mlp",
                  hidden: tuple[int, ...] = (128, 64), latent_dim: int = 8, channels: tuple[int, ...] = (16, 32),
                  likelihood: str = "auto", epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, k: int = 16,
                  steps: int = 100, image_shape: tuple[int, ...] | None = None, run_dir: str | None = None,
                  random_state: int = 0, device: str = "cpu"):
-        self.score = score
+        self.anomaly_score = anomaly_score
         self.contamination = contamination
         self.model = model
         self.hidden = hidden
@@ -65,9 +65,9 @@ class VAEDetector(BaseEstimator):
 
         if not 0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
-        name = parse_scores(self.score)
+        name = parse_scores(self.anomaly_score)
         if len(name) != 1:
-            raise ValueError(f"score must be one score name, got {self.score!r}")
+            raise ValueError(f"score must be one score name, got {self.anomaly_score!r}")
         X = self._validate(X, reset=True)
         with contextlib.ExitStack() as stack:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vaekit-detector-")))
@@ -160,6 +160,6 @@ class VAEDetector(BaseEstimator):
         return scale_like_run(X, self.data_info_)
 
     def _scores(self, x) -> np.ndarray:
-        name = parse_scores(self.score)[0]
+        name = parse_scores(self.anomaly_score)[0]
         s = score_all(self.model_, x, (name,), self.settings_, prior=self.prior_)[name]
         return s.numpy().astype(np.float64)

@@ -69,11 +69,11 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
         raise VaekitError("--anomaly-classes and --ood-data are two ways to say which examples are anomalous; "
                           "give one")
     out = Path(req.out) if req.out is not None else run / "anomaly_scores.csv"
-    if out.suffix.lower() != ".csv":
-        raise VaekitError(f"--out {out}: the scores go to a .csv file")
     figures = [_figure_path(out, "roc"), _figure_path(out, "hist")]
     for path in (out, *figures):
         check_output(run, path)
+    if out.suffix.lower() != ".csv":
+        raise VaekitError(f"--out {out}: the scores go to a .csv file")
 
     # what to score, and which of it is anomalous (when known)
     splits = load_data(cfg.data, saved=cfg.data_info) if cfg.data.spec else None

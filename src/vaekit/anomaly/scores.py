@@ -16,10 +16,11 @@
   encoder's values, nats. We optimise the posterior parameters, not a copy of the encoder's weights:
   the per-example parameters are independent, so a whole batch is optimised at once.
 
-Determinism: every example's noise comes from its own generator, seeded by (seed, the score's name,
-a hash of the example's values), so a score is the same in any batch, at any position, alone or in a
-dataset, on every call. Flat-latent models draw all K samples up front; hierarchical models (hvae,
-ladder) draw theirs inside the model, one example at a time.
+Determinism: every example's noise comes from its own generator, seeded by (seed, a stream name, a
+hash of the example's values; nll, elbo, recon and complexity share one stream, regret has its own),
+so a score is the same in any batch, at any position, alone or in a dataset, on every call.
+Flat-latent models draw all K samples up front; hierarchical models (hvae, ladder) draw theirs inside
+the model, one example at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from vaekit.errors import VaekitError
 SCORES = ("nll", "elbo", "recon", "latent", "complexity", "regret")
 CODECS = ("png", "best")
 ROWS = 4096  # (example, draw) pairs decoded at once: bounds memory whatever K is
+DRAWS = "draws"  # nll, elbo, recon and complexity share one stream of draws: -ELBO = recon + KL exactly
 
 
 @dataclass(frozen=True)
@@ -155,19 +157,19 @@ def _elbo(model, log_px: Tensor, ratio: Tensor, posterior) -> Tensor:
 
 @torch.no_grad()
 def _nll(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    log_px, ratio, _ = _draws(model, x, y, s.k, s.seed, "nll")
+    log_px, ratio, _ = _draws(model, x, y, s.k, s.seed, DRAWS)
     return -(torch.logsumexp(log_px + ratio, 0) - math.log(s.k))
 
 
 @torch.no_grad()
 def _neg_elbo(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    log_px, ratio, q = _draws(model, x, y, s.k, s.seed, "elbo")
+    log_px, ratio, q = _draws(model, x, y, s.k, s.seed, DRAWS)
     return -_elbo(model, log_px, ratio, q)
 
 
 @torch.no_grad()
 def _recon(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    return -_draws(model, x, y, s.k, s.seed, "recon")[0].mean(0)
+    return -_draws(model, x, y, s.k, s.seed, DRAWS)[0].mean(0)
 
 
 @torch.no_grad()
