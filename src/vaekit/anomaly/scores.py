@@ -9,7 +9,8 @@
   al. 2020, "Input complexity and out-of-distribution detection with likelihood-based generative
   models"), bits per image on both sides; for continuous likelihoods the density is turned into the
   probability of the input's 8-bit bin first (+ D log2(255 / (hi - lo)) bits), so both sides count bits
-  of the same discrete image;
+  of the same discrete image; a Bernoulli likelihood counts only for binary images (on grey levels it
+  is a cross-entropy, not a probability of the image, and the score is refused);
 - ``regret``: likelihood regret (Xiao et al. 2020, "Likelihood Regret: An Out-of-Distribution
   Detection Score for Variational Auto-encoder"): ELBO(x; q*) - ELBO(x; q_encoder), where q* is the
   posterior's mean and log-variance optimised for this one input by Adam (``steps``, ``lr``) from the
@@ -311,6 +312,10 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
         raise VaekitError(f"examples of shape {tuple(x.shape[1:])} do not match the model's data shape {data_shape}")
     if model.config.conditional and y is None:
         raise VaekitError(f"this model is conditional on {model.config.num_classes} classes: labels are required")
+    if "complexity" in names and model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+        raise VaekitError("the complexity score compares -log2 p(x) with a lossless code of the 8-bit image; a "
+                          "bernoulli likelihood of grey levels is a cross-entropy, not that probability: use a run "
+                          "trained with --binarize or a gaussian or laplace likelihood")
     model.eval()
     device = next(model.parameters()).device
     x = x.to(device, torch.float32)
