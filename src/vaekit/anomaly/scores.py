@@ -334,19 +334,19 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
 def latent_prior(model, *, reference=None, run=None, components: int = 10, seed: int = 0):
     """The aggregate posterior for the ``latent`` score: RUN/prior_gmm.safetensors when ``run`` has one,
     else a mixture fitted (in memory, deterministically) to the codes of ``reference`` (a tensor of
-    training examples or an ArrayData) or of the run's training split."""
+    training examples or an ArrayData), or of the run's training split."""
+    from pathlib import Path
+
     from vaekit.evaluation.aggregate import GMM_FILE, fit_gmm, load_gmm_prior
 
+    if run is not None and (Path(run) / GMM_FILE).is_file():
+        return load_gmm_prior(run)
     if reference is None and run is not None:
-        from pathlib import Path
-
-        if (Path(run) / GMM_FILE).is_file():
-            return load_gmm_prior(run)
-        from vaekit.data import load_data
+        from vaekit.data import load_examples
         from vaekit.run import read_run_config
 
         cfg = read_run_config(run)
-        reference = load_data(cfg.data, saved=cfg.data_info).train
+        reference = load_examples(cfg.data, cfg.data_info, "train").data  # streams without augmentation
     if reference is None:
         raise VaekitError("the latent score needs the aggregate posterior: pass prior= or reference= (training "
                           "examples)")
