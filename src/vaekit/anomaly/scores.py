@@ -153,24 +153,34 @@ def _elbo(model, log_px: Tensor, ratio: Tensor, posterior) -> Tensor:
     return (log_px + ratio).mean(0)
 
 
+def _shared_draws(model, x, y, s: ScoreSettings, ctx: dict):
+    """The K draws of this group of examples, computed once for nll, elbo, recon and complexity."""
+    cache = ctx.setdefault("draws", {})
+    key = ctx.get("group")
+    if key not in cache:
+        cache.clear()  # one group at a time
+        cache[key] = _draws(model, x, y, s.k, s.seed, DRAWS)
+    return cache[key]
+
+
 # -- the scores -------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def _nll(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    log_px, ratio, _ = _draws(model, x, y, s.k, s.seed, DRAWS)
+    log_px, ratio, _ = _shared_draws(model, x, y, s, ctx)
     return -(torch.logsumexp(log_px + ratio, 0) - math.log(s.k))
 
 
 @torch.no_grad()
 def _neg_elbo(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    log_px, ratio, q = _draws(model, x, y, s.k, s.seed, DRAWS)
+    log_px, ratio, q = _shared_draws(model, x, y, s, ctx)
     return -_elbo(model, log_px, ratio, q)
 
 
 @torch.no_grad()
 def _recon(model, x, y, s: ScoreSettings, ctx) -> Tensor:
-    return -_draws(model, x, y, s.k, s.seed, DRAWS)[0].mean(0)
+    return -_shared_draws(model, x, y, s, ctx)[0].mean(0)
 
 
 @torch.no_grad()
@@ -321,14 +331,22 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
     x = x.to(device, torch.float32)
     y = None if y is None else y.to(device)
     ctx = {"prior": prior}
-    out = {}
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    draw_group = max(1, ROWS // settings.k)
+    for start in range(0, len(x), draw_group):  # the K-draw scores, group by group, sharing the draws
+        ctx["group"] = start
+        stop = start + draw_group
+        for name in names:
+            if name not in GROUP:
+                parts[name].append(SCORE_FUNCTIONS[name](model, x[start:stop], None if y is None else y[start:stop],
+                                                         settings, ctx).cpu())
+    ctx.pop("draws", None)
     for name in names:
-        fn = SCORE_FUNCTIONS[name]
-        group = GROUP.get(name, max(1, ROWS // settings.k))
-        parts = [fn(model, x[i : i + group], None if y is None else y[i : i + group], settings, ctx).cpu()
-                 for i in range(0, len(x), group)]
-        out[name] = torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
-    return out
+        if name in GROUP:
+            group = GROUP[name]
+            parts[name] = [SCORE_FUNCTIONS[name](model, x[i : i + group], None if y is None else y[i : i + group],
+                                                 settings, ctx).cpu() for i in range(0, len(x), group)]
+    return {name: torch.cat(p).double() if p else torch.zeros(0, dtype=torch.float64) for name, p in parts.items()}
 
 
 def latent_prior(model, *, reference=None, run=None, components: int = 10, seed: int = 0):
