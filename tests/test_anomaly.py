@@ -211,8 +211,12 @@ def test_bad_inputs_are_one_line_errors_that_write_nothing(cli, blob_run, hvae_r
         score(run, torch.full((1, 1, 8, 8), 0.5), "complexity")
 
 
-def test_hierarchical_scores_are_seeded_per_example_too(hvae_run):
-    _, model = hvae_run
+def test_hierarchical_scores_are_seeded_per_example_too(cli, hvae_run, tmp_path):
+    run, model = hvae_run
+    # --score all: those this run gives (no regret for a hierarchy, no complexity for Bernoulli grey levels)
+    r = cli("anomaly", run, "--score", "all", "-k", "4", "--out", tmp_path / "s.csv", "--json")
+    assert r.code == 0, r.err
+    assert list(json.loads(r.out)["thresholds"]) == ["nll", "elbo", "recon", "latent"]
     x = torch.rand(6, 1, 8, 8)
     s = score_all(model, x, ("nll", "elbo", "recon"), ScoreSettings(k=8))
     for name, v in s.items():

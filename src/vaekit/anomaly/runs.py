@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from vaekit.anomaly.calibration import Calibration, calibrate, save_calibration
-from vaekit.anomaly.scores import ScoreSettings, check_scores, latent_prior, parse_scores, score_all
+from vaekit.anomaly.scores import ScoreSettings, applicable_scores, check_scores, latent_prior, parse_scores, score_all
 from vaekit.config import check, replace
 from vaekit.errors import VaekitError
 
@@ -23,7 +23,7 @@ CHUNK = 2048  # examples read and scored at a time
 @dataclass
 class AnomalyRequest:
     data: str | None = None  # what to score (any --data form); None: the run's test split
-    scores: tuple[str, ...] = ("nll",)  # the first is the one the threshold and the flags use
+    scores: tuple[str, ...] = ("nll",)  # the first sets the threshold and the flags; ("all",): all that apply
     fpr: float = 0.05
     settings: ScoreSettings = field(default_factory=ScoreSettings)
     anomaly_classes: tuple[int, ...] | None = None  # labels of the anomalous classes in ``data``
@@ -63,8 +63,10 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
 
     run = Path(run)
     names = parse_scores(req.scores)
+    every = list(req.scores) == ["all"] or req.scores == "all"
     check(0 < req.fpr < 1, f"--fpr must be in (0, 1), got {req.fpr}")
-    check_scores(model, names)
+    if not every:
+        check_scores(model, names)
     if req.anomaly_classes is not None and req.ood_data is not None:
         raise VaekitError("--anomaly-classes and --ood-data are two ways to say which examples are anomalous; "
                           "give one")
@@ -99,6 +101,8 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
         raise VaekitError("this run records no data to calibrate on (its weights were imported)")
     cal_split = "val" if splits.val is not None and len(splits.val) else "test"
     cal_data = splits.split(cal_split)
+    if every:  # --score all: those this model gives for this data
+        names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0])
     prior = None
     if "latent" in names:
         prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed)

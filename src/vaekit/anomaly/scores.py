@@ -78,6 +78,17 @@ def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def applicable_scores(model, x: Tensor | None = None) -> tuple[str, ...]:
+    """The scores this model can give (``--score all``); ``x``, a few examples, decides whether a Bernoulli
+    model's data are binary (complexity)."""
+    names = [n for n in SCORES if n != "regret" or not getattr(model, "hierarchical", False)]
+    shape = tuple(model.config.data_shape)
+    binary = x is not None and bool(((x == 0) | (x == 1)).all())
+    if len(shape) != 3 or shape[0] not in (1, 3) or (model.config.likelihood == "bernoulli" and not binary):
+        names.remove("complexity")
+    return tuple(names)
+
+
 def check_scores(model, names: tuple[str, ...]) -> None:
     """One-line errors for scores this model cannot give."""
     if "regret" in names and getattr(model, "hierarchical", False):

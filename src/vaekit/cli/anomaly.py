@@ -23,7 +23,7 @@ class AnomalyCommand(Command):
         p.add_argument("--data", default=None, metavar="SPEC", help="data to score, any --data form, prepared as the "
                        "run prepares its data (default: the run's test split)")
         p.add_argument("--score", default="nll", metavar="S[,S...]", help=f"one or more of {', '.join(SCORE_NAMES)}, "
-                       "or all; the first sets the threshold and the flags (default: nll)")
+                       "or all (those the run can give); the first sets the threshold and the flags (default: nll)")
         p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is calibrated at, "
                        "on the run's validation split (its test split if it has none) (default 0.05)")
         p.add_argument("--anomaly-classes", type=int_list, default=None, metavar="C[,C...]",
@@ -53,7 +53,8 @@ class AnomalyCommand(Command):
         from vaekit.anomaly.runs import AnomalyRequest, anomaly_run
         from vaekit.anomaly.scores import ScoreSettings, parse_scores
 
-        scores = parse_scores(args.score)  # before loading anything: an unknown score is a user error
+        parse_scores(args.score)  # before loading anything: an unknown score is a user error
+        scores = ("all",) if args.score.strip() == "all" else parse_scores(args.score)
         settings = ScoreSettings(k=args.k, seed=args.seed, steps=args.steps, lr=args.lr, codec=args.codec,
                                  components=args.components)
         if not 0 < args.fpr < 1:
