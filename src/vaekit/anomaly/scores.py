@@ -7,10 +7,11 @@
   training codes (the aggregate posterior), nats;
 - ``complexity``: the NLL in bits minus the bits of a lossless compression of the 8-bit input (Serrà et
   al. 2020, "Input complexity and out-of-distribution detection with likelihood-based generative
-  models"), bits per image on both sides; for continuous likelihoods the density is turned into the
-  probability of the input's 8-bit bin first (+ D log2(255 / (hi - lo)) bits), so both sides count bits
-  of the same discrete image; a Bernoulli likelihood counts only for binary images (on grey levels it
-  is a cross-entropy, not a probability of the image, and the score is refused);
+  models"), bits per image on both sides; a discrete likelihood (logistic: 256 levels) is already the
+  probability of the 8-bit image; for continuous ones the density is turned into the probability of the
+  input's 8-bit bin first (+ D log2(255 / (hi - lo)) bits), so both sides count bits of the same image;
+  a Bernoulli likelihood counts only for binary images (on grey levels it is a cross-entropy, not a
+  probability of the image, and the score is refused);
 - ``regret``: likelihood regret (Xiao et al. 2020, "Likelihood Regret: An Out-of-Distribution
   Detection Score for Variational Auto-encoder"): ELBO(x; q*) - ELBO(x; q_encoder), where q* is the
   posterior's mean and log-variance optimised for this one input by Adam (``steps``, ``lr``) from the
@@ -208,7 +209,8 @@ def _latent(model, x, y, s: ScoreSettings, ctx) -> Tensor:
 def _complexity(model, x, y, s: ScoreSettings, ctx) -> Tensor:
     lo, hi = model.input_range
     nll_bits = _nll(model, x, y, s, ctx) / math.log(2.0)
-    if model.config.likelihood != "bernoulli":  # a density: the probability of the 8-bit bin
+    discrete = model.config.likelihood == "bernoulli" or getattr(model.likelihood, "levels", 0)
+    if not discrete:  # a density: the probability of the 8-bit bin
         nll_bits = nll_bits + math.prod(x.shape[1:]) * math.log2(255.0 / (hi - lo))
     return nll_bits - torch.from_numpy(compressed_bits(x, (lo, hi), s.codec))
 

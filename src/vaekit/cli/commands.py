@@ -1,3 +1,15 @@
 """Importing this module registers every subcommand."""
 
-from vaekit.cli import analysis, anomaly, demo, evaluate, interop, latents, pictures, train, weights  # noqa: F401
+from vaekit.cli import (  # noqa: F401
+    analysis,
+    anomaly,
+    compression,
+    demo,
+    evaluate,
+    generation,
+    interop,
+    latents,
+    pictures,
+    train,
+    weights,
+)
