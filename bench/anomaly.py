@@ -8,18 +8,20 @@
    class 0 against 0.89 for the Gaussian in a 10-epoch check), scikit-learn's IsolationForest,
    OneClassSVM and PCA reconstruction error, and PyOD's VAE and AutoEncoder (installed in
    bench/.venv-pyod, torch pinned to the same CPU build).
-2. Out-of-distribution sets for a VAE trained on all of Fashion-MNIST, dynamically binarised so that
-   the Bernoulli likelihood is a true likelihood (its test set, binarised once with the fixed seed, is
-   the normal data; every set is binarised the same way): scikit-learn's digits resized to 28x28,
-   procedural dSprites resized to 28x28, Fashion-MNIST upside down, uniform noise and constant images.
-   AUROC of every vaekit score (`vaekit anomaly --ood-data`); the raw likelihood (nll) as it is.
+2. Out-of-distribution sets for a VAE trained on all of Fashion-MNIST with the discretised logistic
+   likelihood, a true likelihood of 8-bit images (what complexity needs; its test set is the normal
+   data): scikit-learn's digits resized to 28x28, procedural dSprites resized to 28x28, Fashion-MNIST
+   upside down, uniform noise and constant images. AUROC of every vaekit score (`vaekit anomaly
+   --ood-data`); the raw likelihood (nll) as it is. (A 5-epoch check on 20,000 images, 300 normal and
+   300 of each set, K = 20, regret 50 steps: complexity 0.998 / 0.975 / 0.82 / 0.997 / 1.0, nll 0.97 /
+   0.003 / 0.64 / 1.0 / 0.99.)
 3. Tabular: scikit-learn's breast-cancer data; train on half of the benign rows (seeded), score the
    other half and every malignant row (the anomalies); the same baselines on the same rows.
 
 Budgets, stated per model: every deep model (vaekit's VAE, PyOD's VAE and AutoEncoder) trains for
 --epochs epochs (PyOD's VAE default is 30) on the same data (tabular: 300 epochs of 178 rows); the
 vaekit VAE is an MLP 784-512-256 with 16 latents, batch 128, Adam 1e-3 (one-class: Gaussian likelihood
-with a learned scale; OOD: Bernoulli; tabular: 30-64-32, 4 latents, Gaussian likelihood, batch 32).
+with a learned scale; OOD: discretised logistic; tabular: 30-64-32, 4 latents, Gaussian likelihood, batch 32).
 scikit-learn's baselines train to convergence: IsolationForest (200 trees), OneClassSVM (RBF, gamma
 "scale", nu 0.1), PCA (the components that explain 90% of the variance). PyOD runs with its defaults
 otherwise (preprocessing=True standardises the features). Seeds: training seed 0 everywhere (vaekit
@@ -176,8 +178,8 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
     out = folder / "run"
     shutil.rmtree(out, ignore_errors=True)
     print(f"anomaly: OOD, training on {len(x)} Fashion-MNIST images", file=sys.stderr, flush=True)
-    run([*VAEKIT, "train", "--data", folder / "fashion.npz", *MLP, "--binarize", "dynamic", "--epochs", args.epochs,
-         "--seed", "0", "--quiet", "--out", out])
+    run([*VAEKIT, "train", "--data", folder / "fashion.npz", *MLP, "--likelihood", "logistic", "--epochs",
+         args.epochs, "--seed", "0", "--quiet", "--out", out])
     # every set in one file, scored in one call (one calibration); AUROC per set from the CSV's rows
     sets = ood_sets(100 if args.quick else 2000, x_test)
     np.savez(folder / "ood.npz", x=np.concatenate(list(sets.values())))
@@ -198,8 +200,8 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
                      **{s: auroc(labels, np.array([float(r[s]) for r in normal + part])) for s in SCORES}})
     cols = ["set", "n", *SCORES]
     corrected = min(max(r["complexity"], r["regret"]) for r in rows)
-    text = (f"### Out-of-distribution sets, VAE trained on {len(x)} dynamically binarised Fashion-MNIST images "
-            f"(AUROC; normal: its {len(x_test)} test images; every set binarised once with the fixed seed)\n\n"
+    text = (f"### Out-of-distribution sets, VAE (discretised logistic likelihood) trained on {len(x)} Fashion-MNIST "
+            f"images (AUROC; normal: its {len(x_test)} test images)\n\n"
             f"{markdown_table(rows, cols)}\n\nworst set's best corrected score "
             f"(max of complexity, regret): {corrected:.4f} (target >= 0.95)\n")
     return rows, text
