@@ -26,6 +26,8 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+# what other commands keep in a run and an output path must never replace
+RUN_FILES = (CONFIG, WEIGHTS, CHECKPOINT, METRICS, "prior_gmm.safetensors", "anomaly.json")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,15 @@ def read_run_config(run: str | Path) -> RunConfig:
         data_info=from_dict(DataInfo, doc.get("data_info", {}), f"{path}: data_info"),
         training=from_dict(TrainConfig, doc.get("training", {}), f"{path}: training"),
     )
+
+
+def check_output(run: str | Path, path: str | Path, what: str = "--out") -> Path:
+    """Refuse an output path that is the run directory or one of the files a run keeps."""
+    run, path = Path(run).resolve(), Path(path).resolve()
+    if path == run or (path.parent == run and path.name in RUN_FILES):
+        raise VaekitError(f"{what} {path} would overwrite {'the run directory' if path == run else 'a file of the run'}"
+                          f" {run}; choose another path")
+    return path
 
 
 def write_run_config(run: str | Path, cfg: RunConfig) -> None:

@@ -2,11 +2,13 @@
 
 from vaekit.cli import (  # noqa: F401
     analysis,
+    anomaly,
     compression,
     demo,
     evaluate,
     generation,
     interop,
+    latents,
     pictures,
     train,
     weights,

@@ -7,7 +7,9 @@ KL autoencoder wants) and sources of differently sized photos are streamed (``Im
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -273,3 +275,85 @@ def _scaler(raw: RawData, x_train: np.ndarray, saved: DataInfo | None, input_ran
 
 def _tensor_labels(y: np.ndarray | None) -> Tensor | None:
     return None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+# -- every example of a source, prepared as a run prepares its data ----------------------------------
+
+
+@dataclass
+class Examples:
+    """Examples to encode or score, in a fixed order, with the file of each (folders) for a sidecar."""
+
+    data: ArrayData | ImageStream | IndexedView
+    paths: list[str] | None
+    source: str
+    split: str  # all | train | val | test
+
+
+def load_examples(cfg: DataConfig, saved: DataInfo, split: str = "all") -> Examples:
+    """The examples of ``cfg.spec`` as the run ``saved`` describes them (its scaling, standardisation,
+    resolution and held-out binarisation), checked against the run's shape.
+
+    ``split="all"``: every example of the source in its own order (files: rows; folders: sorted paths,
+    streamed, so memory stays bounded; sources with their own test set: training examples first).
+    ``train``/``val``/``test``: that split as the run made it (same seed); streamed splits are served
+    without augmentation (centre crops), so they are deterministic.
+    """
+    if not cfg.spec:
+        raise VaekitError("this run records no data (its weights were imported); pass --data")
+    if split != "all":
+        data = load_data(cfg, saved).split(split)
+        if isinstance(data, ImageStream):
+            data = dataclasses.replace(data, augment=False, _pool=None)
+        return Examples(data, _stream_paths(data), cfg.spec, split)
+    input_range = tuple(saved.input_range)
+    raw = read_source(cfg.spec, ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column, lazy=True))
+    if raw.dataset is not None:
+        view = IndexedView(raw.dataset, torch.arange(len(raw.dataset)), input_range)
+        _check_saved_shape(cfg, view.shape, saved)
+        return Examples(view, None, raw.source, split)
+    if raw.items is not None:
+        shape = tuple(saved.shape)
+        if len(shape) == 3 and shape[1] == shape[2]:
+            stream = ImageStream(list(raw.items), raw.y, resolution=shape[-1], grey=shape[0] == 1, resize=cfg.resize,
+                                 input_range=input_range, seed=cfg.split_seed)
+            return Examples(stream, _stream_paths(stream), raw.source, split)
+        # a run on same-size, non-square images: read them all (no crop can make them)
+        raw = read_source(cfg.spec, ReadOptions(cfg.resolution, cfg.color, cfg.skip_bad, cfg.label_column))
+    x, y = raw.x, raw.y
+    if raw.x_test is not None and raw.x_test.shape[1:] == x.shape[1:]:
+        x = np.concatenate([x, raw.x_test])
+        y = np.concatenate([y, raw.y_test]) if y is not None and raw.y_test is not None else None
+    check_finite(x, raw.source)
+    data = ArrayData(_scaler(raw, x, saved, input_range, cfg.pad_to)(x), _tensor_labels(y))
+    _check_saved_shape(cfg, data.shape, saved)
+    if cfg.binarize != "none":  # as the run's held-out data: binarised once, with the fixed seed
+        lo, hi = float(data.x.min()), float(data.x.max())
+        if lo < 0 or hi > 1:
+            raise VaekitError(f"{raw.source}: this run binarises its data, which needs values in [0, 1]; found "
+                              f"[{lo:.3g}, {hi:.3g}]")
+        data.x = torch.bernoulli(data.x, generator=torch.Generator().manual_seed(EVAL_BINARIZE_SEED))
+    return Examples(data, None, raw.source, split)
+
+
+def _stream_paths(data) -> list[str] | None:
+    if not isinstance(data, ImageStream) or not all(isinstance(p, Path) for p in data.items):
+        return None
+    return [str(data.items[i % len(data.items)]) for i in range(len(data))]
+
+
+def scale_like_run(x, info: DataInfo) -> Tensor:
+    """Raw examples (a numpy array or tensor: 8-bit or float images, or table rows in their own units)
+    prepared as the run prepares its data: 8-bit images to its input range, CSV columns standardised
+    with its training statistics, float images (taken to be in [0, 1]) to its input range."""
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    lo, hi = info.input_range
+    if a.dtype == np.uint8:
+        scale = _Scaler(divide=255.0 / (hi - lo), offset=lo)
+    elif info.standardize_mean:
+        scale = _Scaler(info.standardize_mean, info.standardize_std)
+    elif (lo, hi) != (0.0, 1.0) and info.kind == "image":
+        scale = _Scaler(divide=1.0 / (hi - lo), offset=lo)
+    else:
+        scale = _Scaler()
+    return scale(a)

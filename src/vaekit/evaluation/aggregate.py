@@ -31,6 +31,22 @@ class FittedPrior:
 def fit_gmm_prior(run: str | Path, model, data, components: int = 10, covariance: str = "full",
                   max_examples: int = 20000, seed: int = 0) -> FittedPrior:
     """Fit a mixture to the posterior means of (up to ``max_examples`` of) ``data`` and save it in RUN."""
+    codes, tensors, fitted = _fit(model, data, components, covariance, max_examples, seed)
+    path = Path(run) / GMM_FILE
+    save_tensors(path, tensors, metadata={"fitted_on": f"{len(codes)} training posterior means"})
+    standard = float(-0.5 * (codes**2 + np.log(2 * np.pi)).sum(1).mean())
+    return FittedPrior(path, len(codes), fitted, standard)
+
+
+def fit_gmm(model, data, components: int = 10, covariance: str = "full", max_examples: int = 20000,
+            seed: int = 0) -> FullCovarianceMixture:
+    """The same mixture as ``fit_gmm_prior``, fitted in memory and not saved (deterministic for a seed)."""
+    return _mixture(_fit(model, data, components, covariance, max_examples, seed)[1])
+
+
+def _fit(model, data, components: int, covariance: str, max_examples: int,
+         seed: int) -> tuple[np.ndarray, dict, float]:
+    """(the codes, the mixture's tensors, the codes' mean log-likelihood under it)."""
     from sklearn.mixture import GaussianMixture
 
     if covariance not in COVARIANCES:
@@ -44,11 +60,11 @@ def fit_gmm_prior(run: str | Path, model, data, components: int = 10, covariance
     cov = gmm.covariances_ if covariance == "full" else np.stack([np.diag(c) for c in gmm.covariances_])
     tensors = {"weights": torch.tensor(gmm.weights_), "means": torch.tensor(gmm.means_),
                "scale_tril": torch.linalg.cholesky(torch.tensor(cov))}
-    path = Path(run) / GMM_FILE
-    save_tensors(path, {k: v.float() for k, v in tensors.items()},
-                 metadata={"fitted_on": f"{len(codes)} training posterior means"})
-    standard = float(-0.5 * (codes**2 + np.log(2 * np.pi)).sum(1).mean())
-    return FittedPrior(path, len(codes), float(gmm.score(codes)), standard)
+    return codes, {k: v.float() for k, v in tensors.items()}, float(gmm.score(codes))
+
+
+def _mixture(t: dict) -> FullCovarianceMixture:
+    return FullCovarianceMixture(t["weights"], t["means"], t["scale_tril"])
 
 
 def load_gmm_prior(run: str | Path) -> FullCovarianceMixture:
@@ -57,4 +73,4 @@ def load_gmm_prior(run: str | Path) -> FullCovarianceMixture:
     if not path.is_file():
         raise VaekitError(f"{path}: no fitted prior; run 'vaekit fit-prior {run}' first")
     t, _ = load_tensors(path)
-    return FullCovarianceMixture(t["weights"], t["means"], t["scale_tril"])
+    return _mixture(t)

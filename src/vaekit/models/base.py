@@ -222,7 +222,14 @@ class VAE(nn.Module):
         ``posterior`` is q(z|x) for this batch, computed once by the caller and reused across
         chunks of samples; the k decodes run as one batch of k*B rows.
         """
-        z = posterior.sample(k, generator=generator)  # [k, B, *latent]
+        return self.importance_terms_at(x, y, posterior, posterior.sample(k, generator=generator))
+
+    def importance_terms_at(self, x: Tensor, y: Tensor | None, posterior: DiagonalGaussian, z: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """``importance_terms`` at given draws z [k, B, *latent] of q(z|x) (flat-latent models: the
+        anomaly scores draw each example's noise from its own seed, so a score never depends on the
+        batch it was computed in)."""
+        k = z.shape[0]
         yk = None if y is None else y.repeat(k)
         px = self.observation(z.flatten(0, 1), yk).unflatten_batch(k)  # parameters viewed as [k, B, ...]
         if self.factorized_prior:

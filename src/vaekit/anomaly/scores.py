@@ -1,0 +1,388 @@
+"""Anomaly scores of a trained VAE, one number per example, higher = more anomalous.
+
+- ``nll``: -log p(x), the importance-weighted estimate with K draws (Burda et al. 2015), nats;
+- ``elbo``: -ELBO(x) (K draws of the reconstruction term; the KL in closed form under N(0, I)), nats;
+- ``recon``: -E_q[log p(x|z)] over the same K draws (the reconstruction probability of An & Cho 2015), nats;
+- ``latent``: -log q_GMM(E_q[z|x]): the posterior mean's density under a Gaussian mixture fitted to the
+  training codes (the aggregate posterior), nats;
+- ``complexity``: the NLL in bits minus the bits of a lossless compression of the 8-bit input (Serrà et
+  al. 2020, "Input complexity and out-of-distribution detection with likelihood-based generative
+  models"), bits per image on both sides; a discrete likelihood (logistic: 256 levels) is already the
+  probability of the 8-bit image; for continuous ones the density is turned into the probability of the
+  input's 8-bit bin first (+ D log2(255 / (hi - lo)) bits), so both sides count bits of the same image;
+  a Bernoulli likelihood counts only for binary images (on grey levels it is a cross-entropy, not a
+  probability of the image, and the score is refused);
+- ``regret``: likelihood regret (Xiao et al. 2020, "Likelihood Regret: An Out-of-Distribution
+  Detection Score for Variational Auto-encoder"): ELBO(x; q*) - ELBO(x; q_encoder), where q* is the
+  posterior's mean and log-variance optimised for this one input by Adam (``steps``, ``lr``) from the
+  encoder's values, nats. We optimise the posterior parameters, not a copy of the encoder's weights:
+  the per-example parameters are independent, so a whole batch is optimised at once.
+
+Determinism: every example's noise comes from its own generator, seeded by (seed, a stream name, a
+hash of the example's values; nll, elbo, recon and complexity share one stream, regret has its own),
+so a score is the same in any batch, at any position, alone or in a dataset, on every call.
+Flat-latent models draw all K samples up front; hierarchical models (hvae, ladder) draw theirs inside
+the model, one example at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.config import check
+from vaekit.errors import VaekitError
+
+SCORES = ("nll", "elbo", "recon", "latent", "complexity", "regret")
+CODECS = ("png", "best")
+ROWS = 4096  # (example, draw) pairs decoded at once: bounds memory whatever K is
+DRAWS = "draws"  # nll, elbo, recon and complexity share one stream of draws: -ELBO = recon + KL exactly
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How the scores are computed; saved with a calibration so that later scores match it."""
+
+    k: int = 100  # draws of q(z|x) per example (nll, elbo, recon, complexity, and regret's two ELBOs)
+    seed: int = 0
+    steps: int = 100  # regret: Adam steps on the posterior parameters (Xiao et al.'s code: 100)
+    lr: float = 0.05  # regret: Adam's step size
+    codec: str = "png"  # complexity: png (Pillow, optimize) | best (the shortest of png, zlib, bz2, lzma)
+    components: int = 10  # latent: mixture components fitted to the training codes
+
+    def __post_init__(self) -> None:
+        check(self.k >= 1, f"the number of draws (--k) must be >= 1, got {self.k}")
+        check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        check(self.codec in CODECS, f"unknown codec '{self.codec}' (choose from: {', '.join(CODECS)})")
+        check(self.components >= 1, f"--components must be >= 1, got {self.components}")
+
+
+def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'nll,regret' or ['nll', 'regret'] or 'all' -> the names, checked (the first is the primary)."""
+    names = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return SCORES
+    if not names:
+        raise VaekitError(f"no score given (choose from: {', '.join(SCORES)}, or all)")
+    for n in names:
+        if n not in SCORES:
+            raise VaekitError(f"unknown score '{n}' (choose from: {', '.join(SCORES)}, or all)")
+    return tuple(dict.fromkeys(names))
+
+
+def applicable_scores(model, x: Tensor | None = None) -> tuple[str, ...]:
+    """The scores this model can give (``--score all``); ``x``, a few examples, decides whether a Bernoulli
+    model's data are binary (complexity)."""
+    names = [n for n in SCORES if n != "regret" or not getattr(model, "hierarchical", False)]
+    shape = tuple(model.config.data_shape)
+    binary = x is not None and bool(((x == 0) | (x == 1)).all())
+    if len(shape) != 3 or shape[0] not in (1, 3) or (model.config.likelihood == "bernoulli" and not binary):
+        names.remove("complexity")
+    return tuple(names)
+
+
+def check_scores(model, names: tuple[str, ...]) -> None:
+    """One-line errors for scores this model cannot give."""
+    if "regret" in names and getattr(model, "hierarchical", False):
+        raise VaekitError(f"the regret score optimises the parameters of one Gaussian posterior q(z|x); the "
+                          f"{model.name} model has a hierarchy of posteriors, not one encoder output to optimise")
+    if "complexity" in names and len(model.config.data_shape) != 3:
+        raise VaekitError("the complexity score compresses 8-bit images; this run's data are table rows")
+    if "complexity" in names and model.config.data_shape[0] not in (1, 3):
+        raise VaekitError(f"the complexity score compresses grey or RGB images; these have "
+                          f"{model.config.data_shape[0]} channels")
+
+
+# -- noise: one generator per example ---------------------------------------------------------------
+
+
+def example_seeds(x: Tensor, seed: int, name: str) -> list[int]:
+    """A 64-bit seed per example from (seed, score name, the example's float32 values)."""
+    rows = x.detach().float().cpu().contiguous().numpy().reshape(len(x), -1)
+    salt = f"{seed}:{name}:".encode()
+    return [int.from_bytes(hashlib.blake2b(salt + r.tobytes(), digest_size=8).digest(), "little") >> 1 for r in rows]
+
+
+def _generators(x: Tensor, seed: int, name: str) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in example_seeds(x, seed, name)]
+
+
+def _noise(gens: list[torch.Generator], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """[B, *shape]: each example's draws from its own generator."""
+    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(like)
+
+
+# -- the K-draw terms -------------------------------------------------------------------------------
+
+
+def _draws(model, x: Tensor, y: Tensor | None, k: int, seed: int, name: str, posterior=None):
+    """log p(x|z_j) [k, B] and log p(z_j) - log q(z_j|x) [k, B] for k draws per example, and the posterior."""
+    if posterior is None:
+        posterior = model.encode(x, y)
+    gens = _generators(x, seed, name)
+    if getattr(model, "hierarchical", False):
+        return (*_draws_one_by_one(model, x, y, posterior, k, gens), posterior)
+    shape = tuple(posterior.mean.shape[1:])
+    eps = _noise(gens, (k, *shape), posterior.mean).transpose(0, 1)  # [k, B, *latent]
+    chunk = max(1, ROWS // len(x))
+    log_px, ratio = [], []
+    for start in range(0, k, chunk):
+        z = posterior.mean + posterior.std * eps[start : start + chunk]
+        lp, r = model.importance_terms_at(x, y, posterior, z)
+        log_px.append(lp)
+        ratio.append(r.sum(-1))
+    return torch.cat(log_px).double(), torch.cat(ratio).double(), posterior
+
+
+def _draws_one_by_one(model, x, y, posterior, k, gens):
+    log_px, ratio = [], []
+    for i, g in enumerate(gens):
+        lp_i, r_i = [], []
+        for start in range(0, k, ROWS):
+            kc = min(ROWS, k - start)
+            lp, r = model.importance_terms(x[i : i + 1], None if y is None else y[i : i + 1], posterior[i : i + 1],
+                                           kc, generator=g)
+            lp_i.append(lp)
+            r_i.append(r.sum(-1))
+        log_px.append(torch.cat(lp_i))
+        ratio.append(torch.cat(r_i))
+    return torch.cat(log_px, 1).double(), torch.cat(ratio, 1).double()
+
+
+def _elbo(model, log_px: Tensor, ratio: Tensor, posterior) -> Tensor:
+    """The ELBO per example [B] from k draws: the KL in closed form when the prior is N(0, I)."""
+    if not getattr(model, "hierarchical", False) and model.factorized_prior:
+        return log_px.mean(0) - posterior.kl().double()
+    return (log_px + ratio).mean(0)
+
+
+def _shared_draws(model, x, y, s: ScoreSettings, ctx: dict):
+    """The K draws of this group of examples, computed once for nll, elbo, recon and complexity."""
+    cache = ctx.setdefault("draws", {})
+    key = ctx.get("group")
+    if key not in cache:
+        cache.clear()  # one group at a time
+        cache[key] = _draws(model, x, y, s.k, s.seed, DRAWS)
+    return cache[key]
+
+
+# -- the scores -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _nll(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    log_px, ratio, _ = _shared_draws(model, x, y, s, ctx)
+    return -(torch.logsumexp(log_px + ratio, 0) - math.log(s.k))
+
+
+@torch.no_grad()
+def _neg_elbo(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    log_px, ratio, q = _shared_draws(model, x, y, s, ctx)
+    return -_elbo(model, log_px, ratio, q)
+
+
+@torch.no_grad()
+def _recon(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    return -_shared_draws(model, x, y, s, ctx)[0].mean(0)
+
+
+@torch.no_grad()
+def _latent(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    prior = ctx.get("prior")
+    if prior is None:
+        raise VaekitError("the latent score needs the aggregate posterior: pass prior= (a mixture from "
+                          "vaekit.evaluation.aggregate.fit_gmm or load_gmm_prior) or reference= (training examples)")
+    codes = model.encode(x, y).mean.flatten(1).float().cpu()
+    return -prior.log_prob(codes).double()
+
+
+@torch.no_grad()
+def _complexity(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    lo, hi = model.input_range
+    nll_bits = _nll(model, x, y, s, ctx) / math.log(2.0)
+    discrete = model.config.likelihood == "bernoulli" or getattr(model.likelihood, "levels", 0)
+    if not discrete:  # a density: the probability of the 8-bit bin
+        nll_bits = nll_bits + math.prod(x.shape[1:]) * math.log2(255.0 / (hi - lo))
+    return nll_bits - torch.from_numpy(compressed_bits(x, (lo, hi), s.codec))
+
+
+def _regret(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    """ELBO after optimising q(z|x)'s mean and log-variance for each input, minus the ELBO before; the
+    same K draws of noise evaluate both (common random numbers), the steps each draw one more."""
+    with torch.no_grad():
+        q0 = model.encode(x, y)
+    gens = _generators(x, s.seed, "regret")
+    shape = tuple(q0.mean.shape[1:])
+    eval_eps = _noise(gens, (s.k, *shape), q0.mean).transpose(0, 1)  # [k, B, *latent]
+    step_eps = _noise(gens, (s.steps, *shape), q0.mean).transpose(0, 1)  # [steps, B, *latent]
+    mean = q0.mean.detach().clone().requires_grad_(True)
+    logvar = q0.logvar.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([mean, logvar], lr=s.lr)
+    from vaekit.distributions import DiagonalGaussian
+    from vaekit.models.base import LOGVAR_RANGE
+
+    for t in range(s.steps):
+        with torch.enable_grad():
+            q = DiagonalGaussian(mean, logvar.clamp(*LOGVAR_RANGE))
+            log_px, ratio = model.importance_terms_at(x, y, q, q.mean + q.std * step_eps[t : t + 1])
+            loss = -_elbo(model, log_px, ratio.sum(-1), q).sum()  # a sum: each example's gradient is its own
+            grads = torch.autograd.grad(loss, [mean, logvar])
+        mean.grad, logvar.grad = grads
+        opt.step()
+    with torch.no_grad():
+        q1 = DiagonalGaussian(mean.detach(), logvar.detach().clamp(*LOGVAR_RANGE))
+        before, after = (_elbo_at(model, x, y, q, eval_eps) for q in (q0, q1))
+    return after - before
+
+
+def _elbo_at(model, x, y, q, eps: Tensor) -> Tensor:
+    chunk = max(1, ROWS // len(x))
+    log_px, ratio = [], []
+    for start in range(0, len(eps), chunk):
+        lp, r = model.importance_terms_at(x, y, q, q.mean + q.std * eps[start : start + chunk])
+        log_px.append(lp)
+        ratio.append(r.sum(-1))
+    return _elbo(model, torch.cat(log_px).double(), torch.cat(ratio).double(), q)
+
+
+SCORE_FUNCTIONS: dict[str, Callable] = {"nll": _nll, "elbo": _neg_elbo, "recon": _recon, "latent": _latent,
+                                        "complexity": _complexity, "regret": _regret}
+# examples per call: K draws each for the K-draw scores; regret's steps run on the whole group
+GROUP = {"regret": 256, "latent": 1024}
+
+
+# -- lossless codecs --------------------------------------------------------------------------------
+
+
+def compressed_bits(x: Tensor, value_range: tuple[float, float], codec: str = "png") -> np.ndarray:
+    """Length in bits of each image of ``x`` [B, C, H, W] (in ``value_range``), quantised to 8 bits
+    and losslessly compressed: ``png`` (Pillow, optimize=True; the whole file, headers included) or
+    ``best`` (the shortest of that PNG and the zlib, bz2 and raw-LZMA streams of the pixel bytes)."""
+    from vaekit.encoding import to_uint8
+
+    if codec not in CODECS:
+        raise VaekitError(f"unknown codec '{codec}' (choose from: {', '.join(CODECS)})")
+    return np.array([8.0 * _compressed_len(a, codec) for a in to_uint8(x.cpu(), value_range)])
+
+
+def _compressed_len(a: np.ndarray, codec: str) -> int:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", optimize=True)
+    n = buf.tell()
+    if codec == "best":
+        import bz2
+        import lzma
+        import zlib
+
+        raw = a.tobytes()
+        n = min(n, len(zlib.compress(raw, 9)), len(bz2.compress(raw, 9)),
+                len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9}])))
+    return n
+
+
+# -- the public function ----------------------------------------------------------------------------
+
+
+def _as_model(model_or_run):
+    if isinstance(model_or_run, (str, bytes)) or hasattr(model_or_run, "__fspath__"):
+        from vaekit.run import load
+
+        return load(model_or_run)
+    return model_or_run
+
+
+def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: int = 100, seed: int = 0,
+          steps: int = 100, lr: float = 0.05, codec: str = "png", prior=None, reference=None,
+          settings: ScoreSettings | None = None) -> Tensor:
+    """Anomaly score of each row of ``x`` (as the model takes it: images in its input range, table rows
+    standardised), higher = more anomalous: a float64 tensor [N] on the CPU.
+
+    ``model`` is a vaekit model or a run directory. ``latent`` needs the aggregate posterior: ``prior``
+    (a fitted mixture) or ``reference`` (training examples, [M, ...], to fit one on; deterministic); from
+    a run directory it uses RUN/prior_gmm.safetensors when present, else fits one on the run's training
+    split. ``settings`` (a ScoreSettings) replaces ``k``, ``seed``, ``steps``, ``lr`` and ``codec``.
+    """
+    run = model if not isinstance(model, torch.nn.Module) else None
+    model = _as_model(model)
+    names = parse_scores(score)
+    if len(names) != 1:
+        raise VaekitError(f"score() gives one score; got {', '.join(names)} (use score_all for several)")
+    settings = settings or ScoreSettings(k=k, seed=seed, steps=steps, lr=lr, codec=codec)
+    if names[0] == "latent" and prior is None:
+        prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed)
+    return score_all(model, x, names, settings, y=y, prior=prior)[names[0]]
+
+
+def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, *, y: Tensor | None = None,
+              prior=None) -> dict[str, Tensor]:
+    """Several scores of the rows of ``x`` at once: {name: float64 tensor [N]}."""
+    check_scores(model, names)
+    if not isinstance(x, Tensor):
+        raise VaekitError(f"x must be a tensor, got {type(x).__name__}")
+    data_shape = tuple(model.config.data_shape)
+    if tuple(x.shape[1:]) != data_shape:
+        raise VaekitError(f"examples of shape {tuple(x.shape[1:])} do not match the model's data shape {data_shape}")
+    if model.config.conditional and y is None:
+        raise VaekitError(f"this model is conditional on {model.config.num_classes} classes: labels are required")
+    if "complexity" in names and model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+        raise VaekitError("the complexity score compares -log2 p(x) with a lossless code of the 8-bit image; a "
+                          "bernoulli likelihood of grey levels is a cross-entropy, not that probability: use a run "
+                          "trained with --binarize or a gaussian or laplace likelihood")
+    model.eval()
+    device = next(model.parameters()).device
+    x = x.to(device, torch.float32)
+    y = None if y is None else y.to(device)
+    ctx = {"prior": prior}
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    draw_group = max(1, ROWS // settings.k)
+    for start in range(0, len(x), draw_group):  # the K-draw scores, group by group, sharing the draws
+        ctx["group"] = start
+        stop = start + draw_group
+        for name in names:
+            if name not in GROUP:
+                parts[name].append(SCORE_FUNCTIONS[name](model, x[start:stop], None if y is None else y[start:stop],
+                                                         settings, ctx).cpu())
+    ctx.pop("draws", None)
+    for name in names:
+        if name in GROUP:
+            group = GROUP[name]
+            parts[name] = [SCORE_FUNCTIONS[name](model, x[i : i + group], None if y is None else y[i : i + group],
+                                                 settings, ctx).cpu() for i in range(0, len(x), group)]
+    return {name: torch.cat(p).double() if p else torch.zeros(0, dtype=torch.float64) for name, p in parts.items()}
+
+
+def latent_prior(model, *, reference=None, run=None, components: int = 10, seed: int = 0):
+    """The aggregate posterior for the ``latent`` score: RUN/prior_gmm.safetensors when ``run`` has one,
+    else a mixture fitted (in memory, deterministically) to the codes of ``reference`` (a tensor of
+    training examples or an ArrayData), or of the run's training split."""
+    from pathlib import Path
+
+    from vaekit.evaluation.aggregate import GMM_FILE, fit_gmm, load_gmm_prior
+
+    if run is not None and (Path(run) / GMM_FILE).is_file():
+        return load_gmm_prior(run)
+    if reference is None and run is not None:
+        from vaekit.data import load_examples
+        from vaekit.run import read_run_config
+
+        cfg = read_run_config(run)
+        reference = load_examples(cfg.data, cfg.data_info, "train").data  # streams without augmentation
+    if reference is None:
+        raise VaekitError("the latent score needs the aggregate posterior: pass prior= or reference= (training "
+                          "examples)")
+    if isinstance(reference, Tensor):
+        from vaekit.data import ArrayData
+
+        reference = ArrayData(reference.float())
+    return fit_gmm(model, reference, components=components, seed=seed)
