@@ -1,0 +1,92 @@
+"""Where the explorer's sample grid draws from: a small registry of samplers, one entry per prior.
+
+Each entry says whether it applies to a run (``available``) and draws decoded examples (``draw``).
+``standard`` is the model's own prior (N(0, I), or the VampPrior of a vamp run); ``gmm`` is the
+mixture fitted on the aggregate posterior by ``vaekit fit-prior`` (RUN/prior_gmm.safetensors). A
+further prior, such as a latent diffusion model, is one more ``@SAMPLERS.register(name)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from vaekit.registry import Registry
+
+RunView = Any  # vaekit.serve.views.RunView, which imports this module (imports point one way)
+
+# FullCovarianceMixture.sample seeds torch's global generator for a moment; runs sample in
+# different worker threads, so those moments must not overlap
+_GLOBAL_RNG = threading.Lock()
+
+
+class Sampler:
+    """One prior of the sample grid."""
+
+    name: str = ""
+
+    def label(self, view: RunView) -> str:
+        return self.name
+
+    def available(self, view: RunView) -> bool:
+        return True
+
+    def draw(self, view: RunView, n: int, label: int | None, temperature: float, seed: int) -> Any:
+        """A tensor [n, *data_shape] of decoded draws on the CPU (called with the run's lock held)."""
+        raise NotImplementedError
+
+
+SAMPLERS: Registry[Sampler] = Registry("prior")
+
+
+def register(name: str):
+    def decorate(cls: type[Sampler]) -> type[Sampler]:
+        cls.name = name
+        SAMPLERS.register(name)(cls())
+        return cls
+
+    return decorate
+
+
+@register("standard")
+class StandardSampler(Sampler):
+    def label(self, view: RunView) -> str:
+        prior = getattr(view.model.config, "prior", "standard")
+        return "VampPrior (the model's own)" if prior == "vamp" else "N(0, I)"
+
+    def draw(self, view, n, label, temperature, seed):
+        from vaekit.viz.pictures import sample_data
+
+        return sample_data(view.model, n, label, temperature, seed)
+
+
+@register("gmm")
+class GMMSampler(Sampler):
+    """The Gaussian mixture on the aggregate posterior (Ghosh et al. 2020), when the run has one."""
+
+    def label(self, view: RunView) -> str:
+        return f"GMM on the aggregate posterior ({self._prior(view).dist.mixture_distribution.probs.numel()} " \
+               "components)"
+
+    def available(self, view: RunView) -> bool:
+        from vaekit.evaluation.aggregate import GMM_FILE
+
+        return (Path(view.path) / GMM_FILE).is_file()
+
+    def draw(self, view, n, label, temperature, seed):
+        from vaekit.viz.pictures import sample_data
+
+        with _GLOBAL_RNG:
+            return sample_data(view.model, n, label, temperature, seed, prior=self._prior(view))
+
+    def _prior(self, view: RunView):
+        from vaekit.evaluation.aggregate import load_gmm_prior
+
+        return view.cached("gmm", lambda: load_gmm_prior(view.path))
+
+
+def available_samplers(view: RunView) -> list[str]:
+    """The names that apply to the run, ``standard`` first."""
+    names = sorted(SAMPLERS, key=lambda name: (name != "standard", name))
+    return [name for name in names if SAMPLERS.get(name).available(view)]
