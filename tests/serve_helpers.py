@@ -25,13 +25,14 @@ def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
     from vaekit.training.api import train
     from vaekit.training.config import TrainConfig
 
-    runs = {"mlp": root / "mlp", "conv": root / "conv", "akl": root / "akl"}
+    runs = {"mlp": root / "mlp", "conv": root / "conv"}
     model, _ = tiny_train(runs["mlp"], limit=300, conditional=True)
     from vaekit.cli.common import run_data
     from vaekit.run import read_run_config
 
     fit_gmm_prior(runs["mlp"], model, run_data(read_run_config(runs["mlp"])).train, components=3)
     tiny_train(runs["conv"], model="conv", limit=300)
+    runs["akl"] = root / "akl"
     train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=64),
           model_overrides={"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "latent_channels": 3},
           training=TrainConfig(epochs=1, batch_size=16), overwrite=True, progress=False)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_helpers import AnomalyStub, as_pixels, calibrated, make_runs, noise_png, pixels
+from serve_helpers import AnomalyStub, as_pixels, calibrated, noise_png, pixels
 
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient
@@ -31,8 +31,8 @@ from vaekit.serve.views import MAX_PIXELS
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return make_runs(tmp_path_factory.mktemp("serve"), tabular=True)
+def runs(serve_runs):
+    return serve_runs
 
 
 @pytest.fixture(scope="module")
@@ -232,11 +232,11 @@ def test_a_tabular_run_draws_its_features_as_bars_and_takes_no_uploads(client):
     assert r.status_code == 400 and "tabular" in r.json()["error"]
 
 
-def test_an_older_request_for_the_same_view_is_answered_409(client):
+def test_an_older_request_for_the_same_view_is_answered_204_without_a_decode(client):
     body = {"z": [0.0] * 4, "view": "tab1:slider"}
     assert ok(post(client, "/api/runs/conv/decode", **body, seq=5))["seq"] == 5
     r = post(client, "/api/runs/conv/decode", **body, seq=3)
-    assert r.status_code == 409 and "seq 5" in r.json()["error"]
+    assert r.status_code == 204 and r.content == b"" and r.headers["X-Vaekit-Superseded"] == "5"
     assert ok(post(client, "/api/runs/conv/decode", **body, seq=5))["seq"] == 5  # the same one again is fine
     assert ok(post(client, "/api/runs/conv/decode", z=[0.0] * 4, view="tab1:other", seq=1))["seq"] == 1
     assert ok(post(client, "/api/runs/mlp/decode", z=[0.0] * 4, label=0, view="tab1:slider", seq=1))  # other run
@@ -296,7 +296,7 @@ def test_requests_queued_behind_a_busy_model_do_not_pile_up(client, views, monke
         lock.lock.release()
     for t in threads:
         t.join(20)
-    assert results == {1: 409, 2: 409, 3: 409, 4: 409, 5: 200}
+    assert results == {1: 204, 2: 204, 3: 204, 4: 204, 5: 200}
     assert len(decodes) == 1
 
 

@@ -3,8 +3,10 @@ and a JSON API over ``RunView`` (documented in docs/serve.md).
 
 Requests cannot pile up: each run's model work runs in a worker thread under that run's lock, and a
 request may name its ``view`` (any string the client chooses, such as "slider") and a ``seq``uence
-number; a request older than the newest one seen for the same (run, view) is answered 409 without
-touching the model, both on arrival and when its turn at the lock comes.
+number; a request older than the newest one seen for the same (run, view) is answered 204 No Content
+(with the newest number in ``X-Vaekit-Superseded``) without touching the model, both on arrival and
+when its turn at the lock comes. 204 rather than a 4xx: the client asked to be superseded, and a
+browser logs every 4xx answer in its console as an error.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ def static_dir() -> Path:
     return Path(str(resources.files("vaekit.serve") / "static"))
 
 
+SUPERSEDED_HEADER = "X-Vaekit-Superseded"
+
+
 class Superseded(ServeError):
     def __init__(self, newest: int) -> None:
-        super().__init__(409, f"superseded by a newer request for the same view (seq {newest})")
+        super().__init__(204, f"superseded by a newer request for the same view (seq {newest})")
         self.newest = newest
 
 
@@ -335,6 +340,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _serve_error(request: Request, exc: ServeError) -> Response:
+    if isinstance(exc, Superseded):
+        return Response(status_code=204, headers={SUPERSEDED_HEADER: str(exc.newest)})
     return _error(exc.status, exc.message)
 
 

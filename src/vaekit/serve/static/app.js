@@ -3,7 +3,7 @@
 //
 // Requests that a user fires in bursts (slider moves, sample settings, interpolation) are debounced,
 // carry a view name and a sequence number, and abort the previous fetch of the same view; the server
-// answers an outdated one 409 without running the model, and a late answer is dropped here.
+// answers an outdated one 204 without running the model, and a late answer is dropped here.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -50,7 +50,7 @@ async function api(url, { method = "GET", json, raw, view, query } = {}) {
     if (e.name === "AbortError") return null;
     throw new ApiError("the server did not answer (" + e.message + ")", 0);
   }
-  if (response.status === 409) return null;
+  if (response.status === 204) return null;
   const doc = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) throw new ApiError(doc.error || response.statusText, response.status);
   if (view && seq !== seqs[view]) return null;
@@ -103,6 +103,13 @@ async function init() {
   const first = doc.runs.find((r) => r.name === wanted) || doc.runs[0];
   select.value = first.name;
   select.addEventListener("change", guard(() => loadRun(select.value)));
+  window.addEventListener("hashchange", guard(() => {  // a link or the address bar names another run
+    const name = new URLSearchParams(location.hash.slice(1)).get("run");
+    if (name && name !== state.run && state.runs.some((r) => r.name === name)) {
+      select.value = name;
+      return loadRun(name);
+    }
+  }));
   wire();
   await loadRun(first.name);
 }
@@ -328,11 +335,10 @@ async function drawMap() {
   state.map = null;
   $("map-note").textContent = "";
   $("map-legend").replaceChildren();
-  try {
+  if (state.info.examples > 0) {
     state.map = await api(runUrl("/latent-map"));
-  } catch (e) {
-    if (e.status !== 404) throw e;
-    $("map-note").textContent = e.message;
+  } else {
+    $("map-note").textContent = `no latent map: ${state.info.data_note || "the run has no test examples"}`;
   }
   const m = state.map;
   $("map-axes").textContent = m ? `posterior means of ${m.n} test examples · x: ${m.axes[0]} · y: ${m.axes[1] || "–"}` +
