@@ -461,6 +461,16 @@ def test_serve_refuses_bad_arguments_in_one_line(cli, runs, tmp_path):
     assert r.code == 2 and "cannot listen on 127.0.0.1" in r.err and r.err.strip().count("\n") == 0
 
 
+def test_the_listening_socket_says_it_is_tcp_so_responses_are_not_held_back():
+    from vaekit.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:  # asyncio turns Nagle's algorithm off only for sockets whose protocol is IPPROTO_TCP
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
 def test_vaekit_serve_prints_its_address_serves_and_stops(runs):
     """The command itself, in a subprocess: it binds to 127.0.0.1 by default, prints the address,
     answers over real HTTP (a raw '..' path and a foreign Host header included) and exits 0 on Ctrl-C."""
