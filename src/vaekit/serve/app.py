@@ -179,7 +179,7 @@ class _API:
             raise ServeError(400, f"unknown query parameter '{unknown[0]}' (upload takes label, view, seq)")
         label = _query_int(q, "label")
         seq = self._sequence(view, q.get("view"), _query_int(q, "seq"))
-        limited = _limited(request, self.max_upload_bytes)
+        limited = _limited(request, self.max_upload_bytes, " (vaekit serve --max-upload-mb)")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             async with limited.form(max_files=1, max_fields=4) as form:
                 files = [v for v in form.values() if hasattr(v, "read")]
@@ -315,12 +315,12 @@ def _query_int(q, name: str) -> int | None:
         raise ServeError(400, f"query parameter '{name}' must be an integer, got {text!r}") from None
 
 
-def _limited(request: Request, limit: int) -> Request:
+def _limited(request: Request, limit: int, hint: str = "") -> Request:
     """The same request, its body refused with 413 once it passes ``limit`` bytes (checked against
     Content-Length first, then counted as it arrives, for chunked bodies)."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise ServeError(413, f"the request body is {int(length):,} bytes; the limit is {limit:,}")
+        raise ServeError(413, f"the request body is {int(length):,} bytes; the limit is {limit:,}{hint}")
     received = 0
 
     async def receive():
@@ -329,7 +329,7 @@ def _limited(request: Request, limit: int) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise ServeError(413, f"the request body is over the limit of {limit:,} bytes")
+                raise ServeError(413, f"the request body is over the limit of {limit:,} bytes{hint}")
         return message
 
     return Request(request.scope, receive)

@@ -52,8 +52,9 @@ def register(name: str):
 @register("standard")
 class StandardSampler(Sampler):
     def label(self, view: RunView) -> str:
-        prior = getattr(view.model.config, "prior", "standard")
-        return "VampPrior (the model's own)" if prior == "vamp" else "N(0, I)"
+        if getattr(view.model, "hierarchical", False):
+            return "the model's hierarchical prior (ancestral sampling)"
+        return "VampPrior (the model's own)" if getattr(view.model.config, "prior", "standard") == "vamp" else "N(0, I)"
 
     def draw(self, view, n, label, temperature, seed):
         from vaekit.viz.pictures import sample_data

@@ -118,7 +118,8 @@ async function loadRun(name) {
   document.body.dataset.ready = "";
   state.run = name;
   history.replaceState(null, "", "#run=" + encodeURIComponent(name));
-  const info = await api(runUrl(""));
+  const info = await api(runUrl(""), { view: "run" });
+  if (!info) return;  // another run was chosen meanwhile
   state.info = info;
   state.uploads = [];
   state.selected = null;
@@ -249,8 +250,10 @@ async function upload(file) {
   state.uploads.push(item);
   $("upload-image").src = doc.image;
   $("upload-recon").src = doc.reconstruction;
-  $("upload-resized").textContent = doc.resized ?
-    `resized from ${doc.resized.from.join("×")} to ${doc.resized.to.join("×")} px` : "";
+  const notes = [];
+  if (doc.resized) notes.push(`resized from ${doc.resized.from.join("×")} to ${doc.resized.to.join("×")} px`);
+  if (state.info.conditional) notes.push(`encoded as class ${state.info.class_names[item.label]}`);
+  $("upload-resized").textContent = notes.join(" · ");
   metricsTable($("upload-metrics"), doc.metrics, doc.ms);
   const anomaly = $("upload-anomaly");
   anomaly.replaceChildren();
@@ -336,7 +339,7 @@ async function drawMap() {
   $("map-note").textContent = "";
   $("map-legend").replaceChildren();
   if (state.info.examples > 0) {
-    state.map = await api(runUrl("/latent-map"));
+    state.map = await api(runUrl("/latent-map"), { view: "map" });
   } else {
     $("map-note").textContent = `no latent map: ${state.info.data_note || "the run has no test examples"}`;
   }
@@ -415,7 +418,8 @@ async function pickOnMap(event) {
 }
 
 async function showExample(index) {
-  const doc = await api(runUrl(`/examples/${index}`));
+  const doc = await api(runUrl(`/examples/${index}`), { view: "example" });
+  if (!doc) return;
   state.selected = doc;
   $("selected-title").textContent = `test example ${doc.index}` + (doc.class_name !== null ? ` · class ${doc.class_name}` : "");
   $("selected-image").src = doc.image;
