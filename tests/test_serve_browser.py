@@ -259,6 +259,8 @@ def test_screenshot(browser, served, tmp_path):
         example = api_get(url, f"/api/runs/{run}/examples/7")
         image = tmp_path / "upload.png"
         image.write_bytes(base64.b64decode(example["image"].partition(",")[2]))
+        if page.is_visible("#class-picker") and example["label"] is not None:
+            page.select_option("#class-select", str(example["label"]))
         page.set_input_files("#upload-input", str(image))
         page.wait_for_selector("#upload-result", state="visible")
         page.evaluate("() => showExample(3)")

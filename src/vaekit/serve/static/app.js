@@ -125,7 +125,8 @@ async function loadRun(name) {
   state.selected = null;
   report(null);
   $("run-summary").textContent = `${info.model_class} on ${info.data.source} · data ${info.data.shape.join("×")} · ` +
-    `latent ${info.latent_shape.join("×")} · ${info.examples} test examples` + (info.data_note ? ` · ${info.data_note}` : "");
+    `latent ${info.latent_shape.join("×")} · ${info.examples} of ${info.data.n_test} test examples served` +
+    (info.data_note ? ` · ${info.data_note}` : "");
   const classSelect = $("class-select");
   classSelect.replaceChildren();
   info.class_names.forEach((c, i) => option(classSelect, i, `${i}: ${c}`));
