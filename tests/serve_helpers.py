@@ -19,7 +19,7 @@ from helpers import tiny_train
 
 def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
     """mlp: conditional on digits, with a fitted GMM prior; conv: unconditional on digits; akl: a
-    small autoencoder-kl on digits; tab (with ``tabular``): an MLP on a small CSV table."""
+    small autoencoder-kl on digits padded to 32x32; tab (with ``tabular``): an MLP on a small CSV table."""
     from vaekit.data import DataConfig
     from vaekit.evaluation.aggregate import fit_gmm_prior
     from vaekit.training.api import train
@@ -33,7 +33,8 @@ def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
     fit_gmm_prior(runs["mlp"], model, run_data(read_run_config(runs["mlp"])).train, components=3)
     tiny_train(runs["conv"], model="conv", limit=300)
     runs["akl"] = root / "akl"
-    train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=64),
+    # digits padded to 32x32 (--pad-to), the size LPIPS needs
+    train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=64, pad_to=32, val_fraction=0.0),
           model_overrides={"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "latent_channels": 3},
           training=TrainConfig(epochs=1, batch_size=16), overwrite=True, progress=False)
     if tabular:

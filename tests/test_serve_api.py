@@ -87,8 +87,8 @@ def test_runs_and_what_the_page_needs_to_lay_itself_out(client, views):
     assert not conv["conditional"] and [p["name"] for p in conv["priors"]] == ["standard"]
     akl = ok(client.get("/api/runs/akl"))
     s = akl["sliders"]
-    assert akl["metrics"] == ["psnr", "lpips"] and akl["latent_shape"] == [3, 2, 2]
-    assert (s["mode"], s["channels"], s["height"], s["width"], len(s["base"])) == ("channels", 3, 2, 2, 12)
+    assert akl["metrics"] == ["psnr", "lpips"] and akl["latent_shape"] == [3, 8, 8]
+    assert (s["mode"], s["channels"], s["height"], s["width"], len(s["base"])) == ("channels", 3, 8, 8, 192)
     assert all(lo < hi for lo, hi in zip(s["min"], s["max"]))
     tab = ok(client.get("/api/runs/tab"))
     assert tab["data"]["kind"] == "vector" and tab["upload"]["accepts"] is None
@@ -112,10 +112,10 @@ def test_decode_answers_the_models_own_decode_pixel_for_pixel(client, views):
 
 def test_autoencoder_kl_decode_takes_the_whole_latent(client, views):
     view = views["akl"]
-    z = torch.randn(12, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(192, generator=torch.Generator().manual_seed(2))
     doc = ok(post(client, "/api/runs/akl/decode", z=z.tolist()))
     with torch.no_grad():
-        x = view.model.decode(z.view(1, 3, 2, 2))[0]
+        x = view.model.decode(z.view(1, 3, 8, 8))[0]
     assert (pixels(doc["image"])[..., 0] == as_pixels((x + 1) / 2)).all()  # [-1, 1] shown as [0, 1]
 
 
@@ -157,8 +157,6 @@ def test_a_test_example_comes_back_with_its_reconstruction_code_and_numbers(clie
     assert m["nll"] == pytest.approx(nll, rel=1e-6) and m["k"] == 100
     assert m["nll"] <= -m["elbo"] + 5.0  # the bound is (loosely) tighter than one-sample ELBO
     assert ok(client.get("/api/runs/mlp/examples/3")) | {"ms": 0} == doc | {"ms": 0}  # deterministic
-    akl = ok(client.get("/api/runs/akl/examples/0"))["metrics"]
-    assert akl["psnr"] > 0 and akl["lpips"] is None and "32x32" in akl["lpips_note"]
 
 
 def test_an_upload_is_resized_encoded_reconstructed_and_scored(client, views):
@@ -177,7 +175,36 @@ def test_an_upload_is_resized_encoded_reconstructed_and_scored(client, views):
     same_size = ok(client.post("/api/runs/conv/upload", content=noise_png(8, 8, rgb=False)))
     assert same_size["resized"] is None
     akl = ok(client.post("/api/runs/akl/upload", content=data))
+    assert akl["resized"] == {"from": [30, 40], "to": [32, 32]}
+    shown = pixels(akl["image"])[..., 0]  # the digits were 8x8 padded to 32x32: so is the upload
+    assert (shown[12:20, 12:20] == expected).all() and shown[:12].max() == shown[20:].max() == 0
     assert akl["metrics"]["psnr"] > 0
+
+
+def test_autoencoder_kl_numbers_are_psnr_and_lpips_only_when_its_weights_are_cached(client, views, monkeypatch,
+                                                                                      tmp_path):
+    from vaekit.evaluation.images import psnr
+    from vaekit.io import save_tensors
+    from vaekit.perceptual import load_lpips
+    from vaekit.perceptual import lpips as lpips_module
+    from vaekit.perceptual.weights import lpips_path
+
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(lpips_module, "_cache", {})
+    m = ok(client.get("/api/runs/akl/examples/0"))["metrics"]
+    assert m["lpips"] is None and "vaekit weights fetch lpips" in m["lpips_note"]  # nothing is fetched
+    assert not (tmp_path / "empty").exists()
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    weights = lpips_module.LPIPS("vgg").state_dict()  # a random backbone; positive heads
+    save_tensors(lpips_path("vgg"), {k: v.abs() + 0.1 if k.startswith("lins") else v for k, v in weights.items()})
+    m = ok(client.get("/api/runs/akl/examples/0"))["metrics"]
+    view = views["akl"]
+    x, _ = view.examples().batch(torch.tensor([0]))
+    with torch.no_grad():
+        r = view.model.decode(view.model.encode(x).mean).clamp(-1, 1)
+        expected = float(load_lpips("vgg", fetch=False)(x, r)[0])
+    assert m["psnr"] == pytest.approx(float(psnr((x + 1) / 2, (r + 1) / 2)[0]), rel=1e-5)
+    assert m["lpips"] == pytest.approx(expected, rel=1e-5) and "lpips_note" not in m
 
 
 def test_an_upload_shows_its_anomaly_score_when_the_run_is_calibrated(client, runs):
