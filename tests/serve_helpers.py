@@ -34,7 +34,7 @@ def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
     tiny_train(runs["conv"], model="conv", limit=300)
     runs["akl"] = root / "akl"
     # digits padded to 32x32 (--pad-to), the size LPIPS needs
-    train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=64, pad_to=32, val_fraction=0.0),
+    train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=16, pad_to=32, val_fraction=0.0),
           model_overrides={"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "latent_channels": 3},
           training=TrainConfig(epochs=1, batch_size=16), overwrite=True, progress=False)
     if tabular:
