@@ -139,11 +139,20 @@ def read_metrics(run: str | Path) -> list[dict]:
 
 
 def build_model(cfg: RunConfig):
-    return cfg.model_class(cfg.model)
+    """The model of a run config, with any runs it depends on attached (``attach(open_run)``)."""
+    model = cfg.model_class(cfg.model)
+    model.attach(open_run)
+    return model
 
 
 def load(run: str | Path, device: str | None = None):
     """The trained model of RUN, in eval mode: ``encode(x)``, ``decode(z)``, ``sample(n)``."""
+    return open_run(run, device)[1]
+
+
+def open_run(run: str | Path, device: str | None = None):
+    """(RunConfig, the trained model in eval mode) of RUN. A model that belongs to another run (a
+    latent-diffusion model and its VAE) opens that run through this function too."""
     run = Path(run)
     cfg = read_run_config(run)
     model = build_model(cfg)
@@ -151,4 +160,4 @@ def load(run: str | Path, device: str | None = None):
     load_state_strict(model, tensors, str(run / WEIGHTS))
     if device is not None:
         model.to(device)
-    return model.eval()
+    return cfg, model.eval()

@@ -39,27 +39,31 @@ def _labels_for(model, n: int, label: int | None) -> Tensor | None:
 
 @torch.no_grad()
 def sample_data(model, n: int, label: int | None = None, temperature: float = 1.0, seed: int = 0,
-                prior=None) -> Tensor:
-    """``n`` decoded draws [n, *data_shape] on the CPU: from the model's own prior, or from ``prior``
-    (an object with ``sample(n, generator=, temperature=)`` over the flattened latent, such as the
-    fitted GMM). A conditional model cycles through its classes unless ``label`` is given."""
+                prior=None, **sampling) -> Tensor:
+    """``n`` decoded draws [n, *data_shape] on the CPU: from the model's own prior (``sampling``: options
+    of its ``sample``, such as a diffusion model's steps), or from ``prior`` (an object with
+    ``sample(n, generator=, temperature=)`` over the flattened latent, such as the fitted GMM). A
+    conditional model cycles through its classes unless ``label`` is given."""
     model.eval()
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
     y = _labels_for(model, n, label)
     if prior is None:
-        return model.sample(n, y, temperature=temperature, generator=gen).cpu()
+        return model.sample(n, y, temperature=temperature, generator=gen, **sampling).cpu()
     z = prior.sample(n, generator=gen, temperature=temperature).to(_device(model))
     return model.decode(z.float().view(n, *model.latent_shape), y).cpu()
 
 
 @torch.no_grad()
 def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temperature: float = 1.0,
-            seed: int = 0, reference: ArrayData | None = None, prior=None):
+            seed: int = 0, reference: ArrayData | None = None, prior=None, **sampling):
+    """A grid of ``n`` samples (feature histograms for tabular data). ``prior``: a distribution over the
+    flattened latent to decode instead of the model's own; ``sampling``: options of the model's
+    ``sample`` (a diffusion model's steps, sampler and guidance)."""
     if n < 1:
         raise VaekitError(f"-n must be >= 1, got {n}")
     if temperature <= 0:
         raise VaekitError(f"--temperature must be positive, got {temperature}")
-    x = sample_data(model, n, label, temperature, seed, prior)
+    x = sample_data(model, n, label, temperature, seed, prior, **sampling)
     if info.kind == "image":
         nrow = model.config.num_classes if model.config.conditional and label is None else None
         return image_grid(x, nrow=nrow, value_range=info.value_range)
