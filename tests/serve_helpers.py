@@ -18,7 +18,8 @@ from helpers import tiny_train
 
 
 def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
-    """mlp: conditional on digits, with a fitted GMM prior; conv: unconditional on digits; akl: a
+    """mlp: conditional on digits, with a fitted GMM prior; conv: unconditional on digits; ld: latent
+    diffusion on conv's codes; akl: a
     small autoencoder-kl on digits padded to 32x32; tab (with ``tabular``): an MLP on a small CSV table."""
     from vaekit.data import DataConfig
     from vaekit.evaluation.aggregate import fit_gmm_prior
@@ -32,6 +33,10 @@ def make_runs(root: Path, tabular: bool = False) -> dict[str, Path]:
 
     fit_gmm_prior(runs["mlp"], model, run_data(read_run_config(runs["mlp"])).train, components=3)
     tiny_train(runs["conv"], model="conv", limit=300)
+    runs["ld"] = root / "ld"  # latent diffusion on the conv run's codes (a tiny residual-MLP denoiser)
+    train(runs["ld"], model="latent-diffusion", model_overrides={"vae": str(runs["conv"]), "width": 32, "depth": 1,
+                                                                   "steps": 8},
+          training={"epochs": 1, "batch_size": 64}, progress=False)
     runs["akl"] = root / "akl"
     # digits padded to 32x32 (--pad-to), the size LPIPS needs
     train(runs["akl"], model="autoencoder-kl", data=DataConfig(spec="digits", limit=16, pad_to=32, val_fraction=0.0),

@@ -83,8 +83,9 @@ def test_runs_and_what_the_page_needs_to_lay_itself_out(client, views):
     assert [u["unit"] for u in units] == torch.argsort(activity, descending=True).tolist()
     assert [u["activity"] for u in units] == pytest.approx([float(activity[u["unit"]]) for u in units], abs=1e-4)
     assert mlp["sliders"]["base"] == pytest.approx(mu[0].tolist(), abs=1e-5)
-    conv = ok(client.get("/api/runs/conv"))
-    assert not conv["conditional"] and [p["name"] for p in conv["priors"]] == ["standard"]
+    conv = ok(client.get("/api/runs/conv"))  # the latent-diffusion run "ld" is served as conv's prior
+    assert not conv["conditional"] and [p["name"] for p in conv["priors"]] == ["standard", "diffusion"]
+    assert conv["priors"][1]["label"] == "latent diffusion (ld: 8 ddim steps)"
     akl = ok(client.get("/api/runs/akl"))
     s = akl["sliders"]
     assert akl["metrics"] == ["psnr", "lpips"] and akl["latent_shape"] == [3, 8, 8]
@@ -133,6 +134,20 @@ def test_samples_follow_the_seed_the_prior_and_the_class(client, views):
     expected = image_grid(sample_data(views["mlp"].model, 6, 4, 1.0, 5), pad=1, scale=1)
     assert (pixels(labelled["image"]) == np.asarray(expected)).all()
     assert ok(post(client, "/api/runs/akl/samples", n=4))["n"] == 4
+
+
+def test_a_latent_diffusion_run_samples_its_vaes_page(client, views, runs):
+    from vaekit.viz.grid import image_grid
+    from vaekit.viz.pictures import sample_data
+
+    doc = ok(post(client, "/api/runs/conv/samples", prior="diffusion", n=6, seed=2))
+    path, diffusion = views["conv"].diffusion[0]
+    assert path == runs["ld"]
+    expected = image_grid(sample_data(diffusion, 6, None, 1.0, 2), pad=1, scale=1)
+    assert (pixels(doc["image"]) == np.asarray(expected)).all()
+    assert doc["image"] != ok(post(client, "/api/runs/conv/samples", n=6, seed=2))["image"]
+    alone = load_views([runs["ld"]])  # its VAE is served from the path the diffusion run recorded
+    assert list(alone) == ["conv"] and alone["conv"].diffusion[0][0] == runs["ld"]
 
 
 def test_a_test_example_comes_back_with_its_reconstruction_code_and_numbers(client, views):
@@ -378,7 +393,9 @@ BAD_REQUESTS = [
     ("label of the wrong type", "POST", "/api/runs/mlp/decode", {"z": [0] * 4, "label": "3"}, 400,
      "'label' must be an integer"),
     ("seq without view", "POST", "/api/runs/conv/decode", {"z": [0] * 4, "seq": 1}, 400, "go together"),
-    ("unknown prior", "POST", "/api/runs/conv/samples", {"prior": "diffusion"}, 400, "available: standard"),
+    ("unknown prior", "POST", "/api/runs/conv/samples", {"prior": "flow"}, 400, "available: standard, diffusion"),
+    ("diffusion prior with no diffusion run", "POST", "/api/runs/mlp/samples", {"prior": "diffusion"}, 400,
+     "not available"),
     ("GMM prior that was never fitted", "POST", "/api/runs/conv/samples", {"prior": "gmm"}, 400, "not available"),
     ("too many samples", "POST", "/api/runs/conv/samples", {"n": 10_000}, 400, "'n' must be in [1, 100]"),
     ("temperature zero", "POST", "/api/runs/conv/samples", {"temperature": 0}, 400, "'temperature' must be in"),

@@ -92,11 +92,33 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def load_views(runs: Iterable[str | Path], device: str = "cpu") -> dict[str, RunView]:
-    """Open every run once (a bad one fails here, naming it, before anything is served)."""
+    """Open every run once (a bad one fails here, naming it, before anything is served). A
+    latent-diffusion run becomes the ``diffusion`` prior of its VAE run's page (that run is served
+    too, from the path the diffusion run recorded, if it was not named); a pixel-diffusion run has no
+    latent space to explore and is refused."""
+    from vaekit.run import load, read_run_config
+
     paths = [Path(r) for r in runs]
     if not paths:
         raise VaekitError("name at least one run directory to serve")
-    return {name: RunView(name, path, device) for name, path in zip(unique_names(paths), paths)}
+    vaes, diffusion = [], []
+    for path in paths:
+        cfg = read_run_config(path)
+        if getattr(cfg.model_class, "evaluator", "") != "diffusion":
+            vaes.append(path)
+        elif getattr(cfg.model, "vae", ""):
+            diffusion.append((path, Path(cfg.model.vae)))
+        else:
+            raise VaekitError(f"{path}: a {cfg.model_class.name} run has no latent space to explore; serve VAE "
+                              "runs, and latent-diffusion runs to sample them by diffusion")
+    for _, vae in diffusion:
+        if not any(p.resolve() == vae.resolve() for p in vaes):
+            vaes.append(vae)
+    views = {name: RunView(name, path, device) for name, path in zip(unique_names(vaes), vaes)}
+    for path, vae in diffusion:
+        view = next(v for v in views.values() if v.path.resolve() == vae.resolve())
+        view.diffusion.append((path, load(path, device=device)))  # refuses a VAE whose weights changed
+    return views
 
 
 def create_app(runs: Iterable[str | Path] | dict[str, RunView], *, device: str = "cpu",

@@ -2,8 +2,9 @@
 
 Each entry says whether it applies to a run (``available``) and draws decoded examples (``draw``).
 ``standard`` is the model's own prior (N(0, I), or the VampPrior of a vamp run); ``gmm`` is the
-mixture fitted on the aggregate posterior by ``vaekit fit-prior`` (RUN/prior_gmm.safetensors). A
-further prior, such as a latent diffusion model, is one more ``@SAMPLERS.register(name)``.
+mixture fitted on the aggregate posterior by ``vaekit fit-prior`` (RUN/prior_gmm.safetensors);
+``diffusion`` is a latent-diffusion run trained on the run's codes and served beside it. A further
+prior is one more ``@register(name)`` class.
 """
 
 from __future__ import annotations
@@ -91,3 +92,22 @@ def available_samplers(view: RunView) -> list[str]:
     """The names that apply to the run, ``standard`` first."""
     names = sorted(SAMPLERS, key=lambda name: (name != "standard", name))
     return [name for name in names if SAMPLERS.get(name).available(view)]
+
+
+@register("diffusion")
+class DiffusionSampler(Sampler):
+    """Latent diffusion (Rombach et al. 2022) on the run's codes: a latent-diffusion run given to
+    ``vaekit serve`` is attached to the page of its VAE run (``RunView.diffusion``), and samples with
+    its own default sampler and steps, decoded through its VAE."""
+
+    def label(self, view: RunView) -> str:
+        path, model = view.diffusion[0]
+        return f"latent diffusion ({Path(path).name}: {model.config.steps} {model.config.sampler} steps)"
+
+    def available(self, view: RunView) -> bool:
+        return bool(getattr(view, "diffusion", None))
+
+    def draw(self, view, n, label, temperature, seed):
+        from vaekit.viz.pictures import sample_data
+
+        return sample_data(view.diffusion[0][1], n, label, temperature, seed)

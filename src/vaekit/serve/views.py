@@ -63,6 +63,7 @@ class RunView:
         self._cache: dict[str, Any] = {}
         self._cache_lock = threading.RLock()
         self.channels_mode = getattr(self.model, "evaluator", "likelihood") == "images"  # autoencoder-kl
+        self.diffusion: list[tuple[Path, Any]] = []  # latent-diffusion runs on this run's codes (samplers.py)
 
     # -- what is derived once -------------------------------------------------------------------------
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
