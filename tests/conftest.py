@@ -77,3 +77,11 @@ def fashion_mnist() -> Path:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return FASHION_DIR
 
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny runs for the explorer's API and browser tests, trained once (tests/serve_helpers.py)."""
+    from serve_helpers import make_runs
+
+    return make_runs(tmp_path_factory.mktemp("serve"), tabular=True)

@@ -10,6 +10,7 @@ from vaekit.cli import (  # noqa: F401
     interop,
     latents,
     pictures,
+    serve,
     train,
     weights,
 )

@@ -36,7 +36,7 @@ def open_run(run: Path, device: str = "cpu"):
     from vaekit.run import load, read_run_config
 
     cfg = read_run_config(run)
-    return cfg, load(run, device=_check_device(device))
+    return cfg, load(run, device=check_device(device))
 
 
 def run_data(cfg):
@@ -46,7 +46,7 @@ def run_data(cfg):
     return load_data(cfg.data, saved=cfg.data_info)
 
 
-def _check_device(device: str) -> str:
+def check_device(device: str) -> str:
     import torch
 
     from vaekit.errors import VaekitError

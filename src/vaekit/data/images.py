@@ -46,16 +46,20 @@ def open_image(path: Path):
 
 def fit_resolution(im, resolution: int):
     """Resize the shorter side to ``resolution`` (antialiased) and centre-crop a square."""
+    return fit_size(im, resolution, resolution)
+
+
+def fit_size(im, width: int, height: int):
+    """Resize (bicubic) so that the image covers ``width`` x ``height``, then centre-crop to it."""
     from PIL import Image
 
     w, h = im.size
-    scale = resolution / min(w, h)
+    scale = max(width / w, height / h)
     if scale != 1:
-        im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                       Image.Resampling.BICUBIC)
+        im = im.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = im.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    return im.crop((left, top, left + resolution, top + resolution))
+    left, top = (w - width) // 2, (h - height) // 2
+    return im.crop((left, top, left + width, top + height))
 
 
 def to_mode(im, grey: bool):

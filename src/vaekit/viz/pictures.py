@@ -6,6 +6,7 @@ curves and the latent space. Image data gives image grids; tabular data gives pl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,6 +38,22 @@ def _labels_for(model, n: int, label: int | None) -> Tensor | None:
 
 
 @torch.no_grad()
+def sample_data(model, n: int, label: int | None = None, temperature: float = 1.0, seed: int = 0,
+                prior=None, **sampling) -> Tensor:
+    """``n`` decoded draws [n, *data_shape] on the CPU: from the model's own prior (``sampling``: options
+    of its ``sample``, such as a diffusion model's steps), or from ``prior`` (an object with
+    ``sample(n, generator=, temperature=)`` over the flattened latent, such as the fitted GMM). A
+    conditional model cycles through its classes unless ``label`` is given."""
+    model.eval()
+    gen = torch.Generator(device=_device(model)).manual_seed(seed)
+    y = _labels_for(model, n, label)
+    if prior is None:
+        return model.sample(n, y, temperature=temperature, generator=gen, **sampling).cpu()
+    z = prior.sample(n, generator=gen, temperature=temperature).to(_device(model))
+    return model.decode(z.float().view(n, *model.latent_shape), y).cpu()
+
+
+@torch.no_grad()
 def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temperature: float = 1.0,
             seed: int = 0, reference: ArrayData | None = None, prior=None, **sampling):
     """A grid of ``n`` samples (feature histograms for tabular data). ``prior``: a distribution over the
@@ -46,14 +63,7 @@ def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temper
         raise VaekitError(f"-n must be >= 1, got {n}")
     if temperature <= 0:
         raise VaekitError(f"--temperature must be positive, got {temperature}")
-    model.eval()
-    gen = torch.Generator(device=_device(model)).manual_seed(seed)
-    y = _labels_for(model, n, label)
-    if prior is None:
-        x = model.sample(n, y, temperature=temperature, generator=gen, **sampling).cpu()
-    else:  # a fitted prior over the (flattened) latent
-        z = prior.sample(n, generator=gen, temperature=temperature).to(_device(model))
-        x = model.decode(z.float().view(n, *model.latent_shape), y).cpu()
+    x = sample_data(model, n, label, temperature, seed, prior, **sampling)
     if info.kind == "image":
         nrow = model.config.num_classes if model.config.conditional and label is None else None
         return image_grid(x, nrow=nrow, value_range=info.value_range)
@@ -223,23 +233,41 @@ def loss_curves(history: list[dict]):
     return figure_to_image(fig)
 
 
+@dataclass(frozen=True)
+class LatentPlane:
+    """The 2-D view of posterior means that ``latent_scatter`` draws: PCA (scikit-learn, seeded) when
+    the latent has more than two dimensions, the codes themselves for two, (z0, 0) for one.
+    ``project`` places further codes [M, D] in the same plane."""
+
+    axes: tuple[str, str]
+    pca: object = None
+
+    @classmethod
+    def fit(cls, mu: np.ndarray) -> LatentPlane:
+        if mu.shape[1] > 2:
+            from sklearn.decomposition import PCA
+
+            pca = PCA(n_components=2, random_state=0).fit(mu)
+            labels = tuple(f"PC{i + 1} ({100 * v:.0f}% var)" for i, v in enumerate(pca.explained_variance_ratio_))
+            return cls(labels, pca)
+        return cls(("z0", "z1") if mu.shape[1] == 2 else ("z0", ""))
+
+    def project(self, mu: np.ndarray) -> np.ndarray:
+        """[M, D] codes -> [M, 2] points."""
+        mu = np.asarray(mu, dtype=np.float64)
+        if self.pca is not None:
+            return self.pca.transform(mu)
+        return mu if mu.shape[1] == 2 else np.stack([mu[:, 0], np.zeros(len(mu))], 1)
+
+
 @torch.no_grad()
 def latent_scatter(model, data: ArrayData, info: DataInfo, max_points: int = 5000):
     """Posterior means in 2-D (PCA when the latent has more than 2 dimensions), coloured by label."""
     plt = pyplot()
     sub = data.take(min(len(data), max_points))
     mu = posterior_means(model, sub).double().numpy()
-    if mu.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=0)
-        pts = pca.fit_transform(mu)
-        xlabel, ylabel = (f"PC{i + 1} ({100 * v:.0f}% var)" for i, v in enumerate(pca.explained_variance_ratio_))
-    elif mu.shape[1] == 2:
-        pts, xlabel, ylabel = mu, "z0", "z1"
-    else:
-        pts = np.stack([mu[:, 0], np.zeros(len(mu))], 1)
-        xlabel, ylabel = "z0", ""
+    plane = LatentPlane.fit(mu)
+    pts, (xlabel, ylabel) = plane.project(mu), plane.axes
     fig, ax = plt.subplots(figsize=(6, 5))
     if sub.y is not None:
         y = sub.y.numpy()
