@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).parent.parent / "README.md"
-EXECUTED = {"evaluate", "sample", "reconstruct", "interpolate", "traverse", "plot", "fit-prior", "disentanglement"}
+EXECUTED = {"evaluate", "sample", "reconstruct", "interpolate", "traverse", "plot", "fit-prior", "disentanglement",
+            "encode", "decode"}
 # options that keep an executed command tiny (the README shows the real sizes)
 TINY = {"disentanglement": ["--metrics", "mig", "--num-train", "200"],
         "fit-prior": ["--max-examples", "200"]}
