@@ -86,9 +86,9 @@ def write_run_config(run: str | Path, cfg: RunConfig) -> None:
     write_json(Path(run) / CONFIG, cfg.to_json())
 
 
-def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
-    """Make RUN ready for a new run. An existing non-empty directory needs ``overwrite``, and is
-    only ever cleared if it is a vaekit run."""
+def check_run_dir(run: str | Path, *, overwrite: bool) -> None:
+    """Whether RUN may receive a new run: an existing non-empty directory needs ``overwrite``, and is
+    only ever cleared if it is a vaekit run. Changes nothing."""
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise VaekitError(f"{run}: exists and is not a directory")
@@ -97,6 +97,13 @@ def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
             raise VaekitError(f"{run}: already exists; pass --overwrite to replace it or --resume to continue it")
         if not is_run(run):
             raise VaekitError(f"{run}: is not empty and not a vaekit run; refusing to delete it")
+
+
+def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
+    """Make RUN ready for a new run (see ``check_run_dir``)."""
+    run = Path(run)
+    check_run_dir(run, overwrite=overwrite)
+    if run.exists() and any(run.iterdir()):
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run
@@ -142,8 +149,15 @@ def build_model(cfg: RunConfig):
     return cfg.model_class(cfg.model)
 
 
-def load(run: str | Path, device: str | None = None):
-    """The trained model of RUN, in eval mode: ``encode(x)``, ``decode(z)``, ``sample(n)``."""
+def load(run: str | Path, device: str | None = None, precision: str = "auto"):
+    """The trained model of RUN, in eval mode: ``encode(x)``, ``decode(z)``, ``sample(n)``.
+
+    ``precision`` is what inference runs in (``VAE.set_precision``): auto (the default: bf16 where
+    the device runs it faster, else fp32), fp32, bf16, or fp16 on CUDA. Never needs a process group.
+    """
+    from vaekit.precision import check_precision
+
+    check_precision(precision)
     run = Path(run)
     cfg = read_run_config(run)
     model = build_model(cfg)
@@ -151,4 +165,4 @@ def load(run: str | Path, device: str | None = None):
     load_state_strict(model, tensors, str(run / WEIGHTS))
     if device is not None:
         model.to(device)
-    return model.eval()
+    return model.set_precision(precision).eval()

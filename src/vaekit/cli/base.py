@@ -18,6 +18,7 @@ class Command:
 
     name: str = ""
     help: str = ""
+    distributed: bool = False  # runs under torchrun with several processes (train, evaluate)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass

@@ -3,10 +3,11 @@ error prints one line on stderr and exits with code 2, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from vaekit.cli.base import COMMANDS, Parser
-from vaekit.errors import Interrupted, TrainingStopped, VaekitError
+from vaekit.errors import AgreedError, Interrupted, TrainingStopped, VaekitError
 
 
 def build_parser() -> Parser:
@@ -30,22 +31,37 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    # under torchrun every rank runs this; rank 0 speaks for errors all ranks share
+    rank0 = os.environ.get("RANK", "0") in ("", "0")
     try:
+        if _world_size() > 1 and not args.handler.distributed:
+            raise AgreedError(f"'vaekit {args.handler.name}' runs in one process; under torchrun (WORLD_SIZE="
+                              f"{_world_size()}) only 'vaekit train' and 'vaekit evaluate' run")
         from vaekit.runtime import tune_cpu
 
         tune_cpu()  # before torch starts worker threads (they inherit it)
         return args.handler.run(args) or 0
     except VaekitError as e:
-        print(f"vaekit: error: {e}", file=sys.stderr)
+        if rank0 or not isinstance(e, AgreedError):
+            print(f"vaekit: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"vaekit: {e}", file=sys.stderr)
+        if rank0:
+            print(f"vaekit: {e}", file=sys.stderr)
         return 130
     except TrainingStopped as e:
-        print(f"vaekit: {e}", file=sys.stderr)
+        if rank0:
+            print(f"vaekit: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1

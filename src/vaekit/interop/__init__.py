@@ -20,7 +20,7 @@ def export_diffusers(run: str | Path, out: str | Path, overwrite: bool = False) 
     from vaekit.interop.diffusers_format import write_diffusers_folder
     from vaekit.run import load
 
-    model = _require_kl(load(run), str(run))
+    model = _require_kl(load(run, precision="fp32"), str(run))  # exported weights stay float32
     return write_diffusers_folder(model, out, overwrite=overwrite)
 
 

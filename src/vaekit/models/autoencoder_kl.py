@@ -299,10 +299,28 @@ class AutoencoderKL(VAE):
         side = cfg.sample_size // cfg.downsample_factor
         return (cfg.latent_channels, side, side)
 
+    def set_precision(self, precision: str = "auto") -> AutoencoderKL:
+        """As ``VAE.set_precision``; in bf16 the weights themselves become bfloat16 in channels-last
+        layout (for inference: on an AMX CPU an SD-layout encode+decode at 256^2 took 2.9 s this way
+        against 6.6 s under bf16 autocast and 8.5 s in fp32), with images and latents in and out
+        in float32."""
+        super().set_precision(precision)
+        if self.inference_precision == "bf16":
+            self.to(torch.bfloat16, memory_format=torch.channels_last)
+            self.__dict__["_autocast_dtype"] = None  # the weights are bf16: nothing left to autocast
+        return self
+
+    def _compute(self, t: Tensor) -> Tensor:
+        """An input in the weights' dtype and layout (a no-op for float32 weights)."""
+        if self.encoder.conv_in.weight.dtype != torch.bfloat16:
+            return t
+        return t.to(torch.bfloat16, memory_format=torch.channels_last)
+
     def moments(self, x: Tensor) -> Tensor:
         """Encoder output after quant_conv: [B, 2 * latent, h, w] (mean and logvar stacked)."""
-        m = self.encoder(x)
-        return m if self.quant_conv is None else self.quant_conv(m)
+        m = self.encoder(self._compute(x))
+        m = m if self.quant_conv is None else self.quant_conv(m)
+        return m.float() if m.dtype == torch.bfloat16 and not torch.is_autocast_enabled(m.device.type) else m
 
     def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         self._check_input(x)
@@ -310,9 +328,11 @@ class AutoencoderKL(VAE):
         return mean, logvar
 
     def decoder_output(self, z: Tensor, c: Tensor | None) -> Tensor:
+        z = self._compute(z)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
+        out = self.decoder(z)
+        return out.float() if out.dtype == torch.bfloat16 and not torch.is_autocast_enabled(out.device.type) else out
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian:
         mean, logvar = self.encoder_params(x, None)

@@ -10,6 +10,7 @@ conditional model, or None.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,39 @@ LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in a
 # (VDVAE's skip, scale-free). A one-sample KL against a learned conditional prior can be finite but
 # astronomical when that prior's variance has shrunk.
 SKIP_EXPLODING: Mapping = MappingProxyType({"grad_clip": 200.0, "grad_skip": 10.0})  # shared: read-only
+# the methods inference runs through; in eval mode they take the model's inference precision (set_precision)
+INFERENCE_METHODS = ("forward", "encode", "decode", "observation", "sample", "importance_terms",
+                     "log_importance_weights", "layer_means", "encode_tiled", "decode_tiled")
+
+
+def _to_fp32(out):
+    """bf16/fp16 tensors (or tuples of them) that leave an inference method become float32."""
+    if isinstance(out, Tensor):
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    if isinstance(out, tuple):
+        return tuple(_to_fp32(o) for o in out)
+    return out
+
+
+def in_inference_precision(fn):
+    """Run ``fn`` under the model's inference autocast (``VAE.set_precision``) when the model is in
+    eval mode and no autocast is active yet (training steps and validation bring their own)."""
+    if getattr(fn, "_inference_precision", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        dtype = self.__dict__.get("_autocast_dtype")
+        if dtype is None or self.training:
+            return fn(self, *args, **kwargs)
+        device = self._device().type
+        if torch.is_autocast_enabled(device):
+            return fn(self, *args, **kwargs)
+        with torch.autocast(device, dtype=dtype):
+            return _to_fp32(fn(self, *args, **kwargs))
+
+    run._inference_precision = True
+    return run
 
 
 @dataclass(frozen=True)
@@ -92,9 +126,16 @@ class VAE(nn.Module):
     training_defaults: ClassVar[Mapping] = {}  # likewise for TrainConfig
     hierarchical: ClassVar[bool] = False  # several stochastic layers: KL and active units per layer
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in INFERENCE_METHODS:  # overrides run in the inference precision too
+            if callable(cls.__dict__.get(name)):
+                setattr(cls, name, in_inference_precision(cls.__dict__[name]))
+
     def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()
         self.config = config
+        self.inference_precision = "fp32"  # what encode/decode/... run in, in eval mode (set_precision)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, config.sigma_mode, config.sigma)
         if getattr(config, "prior", "standard") != "standard":
             from vaekit.models.priors import PRIORS
@@ -188,6 +229,18 @@ class VAE(nn.Module):
         decoder = list(self.decoder.parameters()) + list(self.likelihood.parameters())
         return {"all": list(self.parameters()), "decoder": decoder, "encoder": list(self.encoder.parameters())}
 
+    def set_precision(self, precision: str = "auto") -> VAE:
+        """Run inference (the model in eval mode: encode, decode, sample, the estimator's importance
+        weights, tiling) in ``precision``: auto (bf16 where the device runs it faster, see
+        ``vaekit.precision``), fp32, bf16, or fp16 (CUDA). Weights stay float32 (bf16 autocast) and
+        outputs come back in float32; densities are computed in float32. Returns the model."""
+        from vaekit.precision import resolve_precision
+
+        chosen = resolve_precision(precision, self._device())
+        self.inference_precision = chosen.name
+        self.__dict__["_autocast_dtype"] = chosen.dtype
+        return self
+
     # -- what objectives and the estimator use --------------------------------------------------
     def kl_terms(self, out: VAEOutput) -> Tensor:
         """KL(q(z|x) || p(z)) in groups, [B, G]; the sum over G is the KL of the ELBO. Analytic per
@@ -231,3 +284,8 @@ class VAE(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+
+
+for _name in INFERENCE_METHODS:  # the base class's own methods
+    if callable(VAE.__dict__.get(_name)):
+        setattr(VAE, _name, in_inference_precision(VAE.__dict__[_name]))
