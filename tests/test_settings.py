@@ -59,7 +59,7 @@ def test_layers_are_ordered_defaults_preset_config_explicit(tmp_path):
 
 
 def test_unknown_settings_name_the_key():
-    with pytest.raises(VaekitError, match="'epoch'.*did you mean 'epochs'"):
+    with pytest.raises(VaekitError, match=r"'epoch'.*did you mean 'epochs'"):
         resolve_settings(training={"epoch": 3})
     with pytest.raises(VaekitError, match="'limt'"):
         resolve_settings(data={"spec": "digits", "limt": 3})

@@ -145,8 +145,9 @@ class FactorVAE(Objective):
             z2 = permute_dims(ctx.gather(model(x2, y2).z.float()))
         real = self.discriminator(out.z.detach().float())
         fake = self.discriminator(z2)
+        zeros = torch.zeros(len(real), dtype=torch.long, device=real.device)
         ones = torch.ones(len(fake), dtype=torch.long, device=fake.device)
-        d_loss = 0.5 * (F.cross_entropy(real, torch.zeros_like(ones)) + F.cross_entropy(fake, ones))
+        d_loss = 0.5 * (F.cross_entropy(real, zeros) + F.cross_entropy(fake, ones))
         ctx.optimize("disc", d_loss)
         accuracy = 0.5 * ((real.argmax(1) == 0).float().mean() + (fake.argmax(1) == 1).float().mean())
         return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),

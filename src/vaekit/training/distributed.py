@@ -200,6 +200,12 @@ def all_reduce_max(t: Tensor, world: World) -> Tensor:
     return buf.to(t.device)
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank is here (e.g. until rank 0 has written what the others will read)."""
+    if world.distributed:
+        _dist().barrier()
+
+
 @contextlib.contextmanager
 def agreement(world: World) -> Iterator[None]:
     """Run validation on every rank; if it fails on any, every rank raises the lowest failing rank's

@@ -267,6 +267,7 @@ class Trainer:
             while self.epoch < self.config.epochs and not self._budget_spent():
                 self._train_epoch()
                 self._finish_epoch()
+        distributed.barrier(self.world)  # every rank returns once rank 0's files are written
         return self.history
 
     def _budget_spent(self, running: float = 0.0) -> bool:
