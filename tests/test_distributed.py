@@ -206,10 +206,10 @@ def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_one_rank_stops_the_job_and_resume_on_2_or_1_ranks_continues_exactly(cli, tmp_path):
-    args = ["train", "--data", "digits", "--limit", "600", "--hidden", "32", "--latent-dim", "4", "--epochs", "12",
-            "--batch-size", "16", "--checkpoint-every", "3", "--precision", "fp32", "--quiet"]
+    args = ["--data", "digits", "--limit", "300", "--hidden", "32", "--latent-dim", "4", "--epochs", "6",
+            "--batch-size", "16", "--checkpoint-every", "5", "--precision", "fp32", "--quiet"]
     killed = tmp_path / "killed"
-    proc = start(["-m", "vaekit", *args, "--out", killed])
+    proc = start(["-m", "vaekit", "train", *args, "--out", killed])
     try:
         deadline = time.time() + LAUNCH_TIMEOUT
         while not (killed / "metrics.jsonl").is_file() or not read_metrics(killed):  # epoch 1 done
@@ -223,7 +223,7 @@ def test_kill_9_of_one_rank_stops_the_job_and_resume_on_2_or_1_ranks_continues_e
         kill_group(proc)
     assert r.code != 0
     done = len(read_metrics(killed))
-    assert 1 <= done < 12, f"the kill came after epoch {done}: not mid-run"
+    assert 1 <= done < 6, f"the kill came after epoch {done}: not mid-run"
     # the files are whole: each one reads
     from vaekit.run import load
     from vaekit.training.checkpoint import load_checkpoint
@@ -233,7 +233,7 @@ def test_kill_9_of_one_rank_stops_the_job_and_resume_on_2_or_1_ranks_continues_e
     load(killed)
     one = tmp_path / "resumed-on-1"
     shutil.copytree(killed, one)
-    r = torchrun(["-m", "vaekit", *args, "--out", killed, "--resume"])
+    r = torchrun(["-m", "vaekit", "train", *args, "--out", killed, "--resume"])
     assert r.code == 0, r.err[-3000:]
     assert cli("train", *args, "--out", one, "--resume").code == 0
     straight = tmp_path / "straight"
@@ -271,3 +271,45 @@ def test_two_nodes_on_one_host_train_as_one_process(cli, tmp_path):
     assert cli("train", *MLP, "--out", tmp_path / "one").code == 0
     assert_same_weights(tmp_path / "nodes", tmp_path / "one")
     assert read_metrics(tmp_path / "nodes")[-1]["ranks"] == 2
+
+
+def test_bad_inputs_on_two_ranks_fail_together_with_one_line_each(cli, tmp_path):
+    base = ["--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "4", "--epochs", "1", "--quiet"]
+    good, edited = tmp_path / "good", tmp_path / "edited"
+    assert cli("train", *base, "--out", good).code == 0  # one process: checkpoints do not depend on the ranks
+    shutil.copytree(good, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["model"]["latent_dim"] = 5  # the config no longer matches the checkpoint
+    (edited / "config.json").write_text(json.dumps(cfg))
+    before = {p: p.read_bytes() for d in (good, edited) for p in d.iterdir()}
+    new = [tmp_path / name for name in "abcd"]
+    cases = [
+        (["train", "--data", "digits", "--limit", "1", "--val-fraction", "0", "--quiet", "--out", new[0]],
+         "torchrun started 2 ranks but there are only 1 training examples"),
+        (["train", "--data", "digits", "--limit", "21", "--val-fraction", "0", "--batch-size", "10", "--quiet",
+          "--out", new[1]], "the last batch of each epoch has 1 of the 21 training examples"),
+        (["train", *base, "--precision", "fp17", "--out", new[2]], "unknown precision 'fp17'"),
+        (["train", *base, "--precision", "fp16", "--out", new[3]], "--precision fp16 needs a CUDA device"),
+        (["train", *base, "--latent-dim", "8", "--out", good, "--resume"],
+         "--latent-dim differs from the run's saved setting"),
+        (["train", "--out", edited, "--resume", "--quiet"], "checkpoint.safetensors: model: does not match"),
+        (["sample", good], "'vaekit sample' runs in one process"),
+        (["train", "--epochs", "0", "--out", new[0]], "expected a positive integer"),  # argparse's own errors
+    ]
+    results, launch = jobs(tmp_path, [{"cli": args} for args, _ in cases])
+    assert [r["code"] for r in results[0]] == [2] * len(cases) == [r["code"] for r in results[1]], launch.err
+    errors = [line for line in launch.err.splitlines() if line.startswith("vaekit") and ": error: " in line]
+    assert len(errors) == len(cases), launch.err  # once each (rank 0), no traceback
+    for line, (_, needle) in zip(errors, cases):
+        assert needle in line, (needle, line)
+    assert "Traceback" not in launch.err
+    assert not any(p.exists() for p in new)
+    assert before == {p: p.read_bytes() for d in (good, edited) for p in d.iterdir()}  # nothing clobbered
+    # the same through torchrun -m vaekit: the ranks exit 2, torchrun reports it and fails
+    r = torchrun(["-m", "vaekit", *cases[0][0]])
+    assert r.code != 0 and "exitcode  : 2" in r.err
+    assert sum(line.startswith("vaekit: error:") for line in r.err.splitlines()) == 1
+    # and in one process
+    for args, needle in cases[2:4] + cases[5:6]:
+        r = cli(*args)
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
