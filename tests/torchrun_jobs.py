@@ -47,6 +47,10 @@ def main() -> int:
             results.append({"code": 0, "digest": digest(model)})
         sys.stdout.flush()
     (results_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(results))
+    from vaekit.training.distributed import setup, shutdown
+
+    setup()  # (a job list whose every job failed before joining still leaves a group to close)
+    shutdown()
     return 0
 
 

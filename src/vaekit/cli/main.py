@@ -40,24 +40,49 @@ def main(argv: list[str] | None = None) -> int:
         from vaekit.runtime import tune_cpu
 
         tune_cpu()  # before torch starts worker threads (they inherit it)
-        return args.handler.run(args) or 0
+        code = args.handler.run(args) or 0
+        _ended_together(True)
+        return code
     except VaekitError as e:
         if rank0 or not isinstance(e, AgreedError):
             print(f"vaekit: error: {e}", file=sys.stderr)
+        _ended_together(isinstance(e, AgreedError))
         return 2
-    except Interrupted as e:
+    except Interrupted as e:  # the ranks stop together (the decision travels with the gradients)
         if rank0:
             print(f"vaekit: {e}", file=sys.stderr)
+        _ended_together(True)
         return 130
     except TrainingStopped as e:
         if rank0:
             print(f"vaekit: {e}", file=sys.stderr)
+        _ended_together(True)
         return 1
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+_together = False  # whether the last command ended on a path every rank takes together
+
+
+def _ended_together(together: bool) -> None:
+    global _together
+    _together = together
+
+
+def run() -> None:
+    """The ``vaekit`` program (and ``python -m vaekit``, which torchrun runs): ``main``, then, under
+    torchrun, leave the process group together when every rank ended together (a group torn down
+    by interpreter exit while a peer still talks to it can abort the process)."""
+    code = main()
+    if _together and _world_size() > 1:
+        from vaekit.training.distributed import shutdown
+
+        shutdown()
+    sys.exit(code)
 
 
 def _world_size() -> int:

@@ -112,6 +112,21 @@ def setup() -> World:
     return _world
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then tear it down (a rank whose group
+    is torn down by interpreter exit while a peer still talks to it can abort). Call it on paths
+    every rank takes together (the end of a command, an agreed error), never after a rank's own
+    failure (the others may be inside another collective)."""
+    global _world
+    if _world is not None and _world.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    _world = None
+
+
 def current() -> World:
     """The world ``setup`` joined (a single process if it was never called)."""
     return _world if _world is not None else SINGLE
