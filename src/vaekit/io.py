@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -95,3 +96,22 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def cache_dir() -> Path:
+    """Where vaekit keeps what it derives once and reuses offline (converted LPIPS weights, the
+    sample-quality classifiers): ``$VAEKIT_CACHE`` or ``~/.cache/vaekit``."""
+    root = os.environ.get("VAEKIT_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "vaekit"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise VaekitError(f"{path}: no such file") from None
+    return h.hexdigest()

@@ -146,7 +146,10 @@ def read_metrics(run: str | Path) -> list[dict]:
 
 
 def build_model(cfg: RunConfig):
-    return cfg.model_class(cfg.model)
+    """The model of a run config, with any runs it depends on attached (``attach(open_run)``)."""
+    model = cfg.model_class(cfg.model)
+    model.attach(open_run)
+    return model
 
 
 def load(run: str | Path, device: str | None = None, precision: str = "auto"):
@@ -155,6 +158,14 @@ def load(run: str | Path, device: str | None = None, precision: str = "auto"):
     ``precision`` is what inference runs in (``VAE.set_precision``): auto (the default: bf16 where
     the device runs it faster, else fp32), fp32, bf16, or fp16 on CUDA. Never needs a process group.
     """
+    return open_run(run, device, precision)[1]
+
+
+def open_run(run: str | Path, device: str | None = None, precision: str = "fp32"):
+    """(RunConfig, the trained model in eval mode) of RUN. A model that belongs to another run (a
+    latent-diffusion model and its VAE) opens that run through this function too (in fp32: the
+    latents a diffusion model trains on must not depend on the machine). ``precision`` applies to
+    models with an inference precision (``set_precision``: the VAEs)."""
     from vaekit.precision import check_precision
 
     check_precision(precision)
@@ -165,4 +176,6 @@ def load(run: str | Path, device: str | None = None, precision: str = "auto"):
     load_state_strict(model, tensors, str(run / WEIGHTS))
     if device is not None:
         model.to(device)
-    return model.set_precision(precision).eval()
+    if hasattr(model, "set_precision"):
+        model.set_precision(precision)
+    return cfg, model.eval()

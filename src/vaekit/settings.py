@@ -164,7 +164,9 @@ def resolve_settings(
            "training": given_fields(training, TrainConfig, "training")}, "explicit")
 
     cls = MODELS.get(name)
-    data_fields = {**cls.data_defaults, **given["data"]}
+    data_fields = cls.data_settings({**cls.data_defaults, **given["data"]}, given["model"])
+    if "spec" in data_fields and ("data", "spec") not in origin:
+        origin[("data", "spec")] = f"the {name} model"
     training_fields = {**cls.training_defaults, **given["training"]}
     objective = OBJECTIVES.get(training_fields.get("objective", TrainConfig.objective))
     training_fields = {**objective.default_settings(training_fields), **training_fields}
@@ -213,12 +215,12 @@ def restated_conflicts(saved, request: RunSettings) -> list[Conflict]:
 
 
 def same_value(section: str, key: str, saved: Any, new: Any) -> bool:
-    """Equal as JSON values (tuples and lists alike, 1 and 1.0 alike); data paths that name the same
-    file or folder count as equal."""
+    """Equal as JSON values (tuples and lists alike, 1 and 1.0 alike); paths that name the same file
+    or folder count as equal."""
     a, b = _plain(saved), _plain(new)
     if a == b:
         return True
-    if section == "data" and key in ("spec", "test_spec") and isinstance(a, str) and isinstance(b, str):
+    if isinstance(a, str) and isinstance(b, str) and a and b:  # data paths, a latent-diffusion run's --vae
         pa, pb = Path(a).expanduser(), Path(b).expanduser()
         return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
     return False

@@ -11,7 +11,8 @@ from vaekit.cli.common import positive_int
 
 @command("export-diffusers")
 class ExportDiffusersCommand(Command):
-    help = "write an autoencoder-kl run as a diffusers AutoencoderKL folder"
+    help = "write an autoencoder-kl run as a diffusers AutoencoderKL folder, or a latent-diffusion run on one as " \
+           "an LDMPipeline folder"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("run", type=Path, metavar="RUN")

@@ -54,20 +54,26 @@ class SampleCommand(PictureCommand):
         p.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
         p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
         p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1)")
-        p.add_argument("--prior", choices=("model", "gmm"), default="model",
-                       help="model: the model's own prior; gmm: the mixture fitted by 'vaekit fit-prior'")
+        p.add_argument("--prior", choices=("model", "standard", "gmm"), default="model",
+                       help="model: the model's own prior (default); standard: N(0, I); gmm: the mixture fitted by "
+                            "'vaekit fit-prior'")
+        p.add_argument("--steps", type=positive_int, default=None, help="diffusion runs: sampling steps (default: "
+                       "the run's, 50)")
+        p.add_argument("--sampler", choices=("ddim", "dpm", "ddpm"), default=None,
+                       help="diffusion runs: DDIM (default), multistep DPM-Solver++, or ancestral DDPM")
+        p.add_argument("--guidance", type=float, default=None,
+                       help="conditional diffusion runs: classifier-free guidance weight (1: none)")
         p.add_argument("--seed", type=int, default=0)
 
     def draw(self, model, cfg, data, args):
+        from vaekit.generation import prior_for
         from vaekit.viz.pictures import samples
 
-        reference = run_data(cfg).test if cfg.data_info.kind == "vector" else None
-        prior = None
-        if args.prior == "gmm":
-            from vaekit.evaluation.aggregate import load_gmm_prior
-
-            prior = load_gmm_prior(args.run)
-        return samples(model, cfg.data_info, args.n, args.label, args.temperature, args.seed, reference, prior)
+        info = getattr(model, "output_info", None) or cfg.data_info
+        reference = run_data(cfg).test if info.kind == "vector" else None
+        prior, options = prior_for(args.run, model, args.prior, steps=args.steps, sampler=args.sampler,
+                                   guidance=args.guidance)
+        return samples(model, info, args.n, args.label, args.temperature, args.seed, reference, prior, **options)
 
 
 @command("reconstruct")

@@ -98,9 +98,11 @@ FLAGS = [
     Flag("--prior", "model", "prior", str, "mlp/conv: standard (default) or vamp (VampPrior)"),
     Flag("--components", "model", "prior_components", positive_int, "vamp: pseudo-inputs (default 500)", "K"),
     Flag("--latent-dims", "model", "latent_dims", int_list, "hvae: sizes of z_1..z_T, e.g. 100,50", "D,..."),
-    Flag("--depth", "model", "depth", positive_int, "hvae: hidden layers per network (default 2)", "N"),
+    Flag("--depth", "model", "depth", positive_int, "hvae: hidden layers per network (default 2); diffusion mlp: "
+         "residual blocks (default 4)", "N"),
     Flag("--topology", "model", "topology", str, "ladder: resolutions x blocks, high first, e.g. 28x2,14x2,7x2,1x1"),
-    Flag("--width", "model", "width", positive_int, "ladder: channels of the top-down path", "C"),
+    Flag("--width", "model", "width", positive_int, "ladder: channels of the top-down path; diffusion mlp: hidden "
+         "width (default 512)", "C"),
     Flag("--zdim", "model", "zdim", positive_int, "ladder: latent channels per block", "Z"),
     Flag("--patch", "model", "patch", positive_int, "ladder: fold PxP pixels into channels first; the topology "
          "then starts at the image size / P (default 1)", "P"),
@@ -112,6 +114,20 @@ FLAGS = [
     Flag("--factor-gamma", "training", "factor_gamma", float, "factorvae: total-correlation weight (default 10)"),
     Flag("--grad-skip", "training", "grad_skip", float, "skip updates whose gradient norm exceeds G times the "
          "running mean", "G"),
+    # diffusion models (--model latent-diffusion --vae RUN, or --model pixel-diffusion)
+    Flag("--vae", "model", "vae", str, "latent-diffusion: the VAE run whose latents it learns", "RUN"),
+    Flag("--denoiser", "model", "denoiser", str, "diffusion: mlp, unet or auto (unet for spatial latents)"),
+    Flag("--unet-channels", "model", "unet_channels", int_list, "diffusion unet: block widths, e.g. 64,128", "C,..."),
+    Flag("--prediction", "model", "prediction", str, "diffusion: epsilon (default) or v_prediction"),
+    Flag("--beta-schedule", "model", "beta_schedule", str, "diffusion: linear (default), scaled_linear or "
+         "squaredcos_cap_v2"),
+    Flag("--timesteps", "model", "timesteps", positive_int, "diffusion: training timesteps (default 1000)", "T"),
+    Flag("--class-dropout", "model", "class_dropout", float, "conditional diffusion: labels dropped for "
+         "classifier-free guidance (default 0.1)", "P"),
+    Flag("--latents", "model", "latents", str, "latent-diffusion: sample (a fresh z ~ q(z|x) each time; default) "
+         "or mean"),
+    Flag("--latent-scaling", "model", "latent_scaling", str, "latent-diffusion on autoencoder-kl: run (its "
+         "scale_latents; default) or std (1 / std of the latents)"),
     Flag("--max-minutes", "training", "max_minutes", float, "stop once this much training time is spent (a CPU "
          "budget; the epoch in progress ends early; with --resume, a new total for the run, 0 for none)", "M"),
 ]
@@ -128,7 +144,8 @@ class TrainCommand(Command):
         p.add_argument("--data", help="digits | fashion-mnist[:DIR] | mnist[:DIR] | a directory of images | "
                        "FILE.npy | FILE.npz | FILE.csv", metavar="SPEC")
         p.add_argument("--out", type=Path, required=True, help="run directory to write", metavar="RUN")
-        p.add_argument("--model", help="mlp (default), conv, hvae, ladder or autoencoder-kl")
+        p.add_argument("--model", help="mlp (default), conv, hvae, ladder, autoencoder-kl, latent-diffusion (with "
+                       "--vae RUN) or pixel-diffusion")
         p.add_argument("--preset", help="a named configuration, e.g. pytorch-example")
         p.add_argument("--conditional", action="store_true", default=None, help="condition on class labels (CVAE)")
         p.add_argument("--sigma", help="gaussian likelihood: learned (default), per-dim, or a fixed value")
@@ -155,7 +172,7 @@ class TrainCommand(Command):
             settings = self.settings(args)
             if args.resume:
                 self._check_resume(args, settings)
-            elif "spec" not in settings.given["data"]:
+            elif ("data", "spec") not in settings.origin:
                 raise VaekitError("--data is required (e.g. --data digits)")
         if args.resume:
             from vaekit.training.api import resume

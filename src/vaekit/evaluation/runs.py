@@ -98,4 +98,25 @@ def folder_data(spec: str, cfg):
     return load_data(replace(cfg.data, spec=spec, test_spec=None, augment=False), saved=info).test
 
 
-EVALUATORS: dict[str, Callable] = {"likelihood": _likelihood, "images": _images}
+def _diffusion(run: Path, cfg, model, req: EvaluationRequest) -> tuple[dict, tuple[str, ...]]:
+    """The denoising loss on held-out data (seeded noise and timesteps); sample quality is
+    ``vaekit sample-quality``'s to measure."""
+    import torch
+
+    from vaekit.config import to_dict
+    from vaekit.run import open_run
+
+    if req.iw is not None or req.data is not None:
+        raise VaekitError("--iw and --data apply to VAE runs; measure a diffusion run with 'vaekit sample-quality'")
+    data = cfg.model_class.prepare_data(cfg.data, to_dict(cfg.model), cfg.data_info, open_run).split(req.split)
+    gen = torch.Generator(device=req.device).manual_seed(req.seed)
+    size, total = req.batch_size or 1024, 0.0
+    with torch.no_grad():
+        for start in range(0, len(data), size):
+            x, y = data.batch(torch.arange(start, min(start + size, len(data))))
+            y = None if y is None else y.to(req.device)
+            total += float(model.denoising_loss(x.to(req.device), y, gen).double().sum())
+    return {"loss": total / len(data), "n": len(data)}, ("loss", "n")
+
+
+EVALUATORS: dict[str, Callable] = {"likelihood": _likelihood, "images": _images, "diffusion": _diffusion}

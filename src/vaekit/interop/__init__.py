@@ -11,17 +11,23 @@ def _require_kl(model, what: str):
     from vaekit.models.autoencoder_kl import AutoencoderKL
 
     if not isinstance(model, AutoencoderKL):
-        raise VaekitError(f"{what}: only autoencoder-kl runs have a diffusers form (this run is '{model.name}')")
+        raise VaekitError(f"{what}: only autoencoder-kl runs (and latent-diffusion runs on them) have a diffusers form "
+                          f"(this run is '{model.name}')")
     return model
 
 
 def export_diffusers(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write RUN's autoencoder as a diffusers AutoencoderKL folder."""
+    """Write RUN as a diffusers folder: an autoencoder-kl run as an AutoencoderKL folder, a
+    latent-diffusion run on one as an LDMPipeline folder (vqvae, unet, scheduler)."""
     from vaekit.interop.diffusers_format import write_diffusers_folder
     from vaekit.run import load
 
-    model = _require_kl(load(run, precision="fp32"), str(run))  # exported weights stay float32
-    return write_diffusers_folder(model, out, overwrite=overwrite)
+    model = load(run, precision="fp32")  # exported weights stay float32
+    if getattr(model, "name", "") == "latent-diffusion":
+        from vaekit.interop.diffusers_pipeline import write_ldm_pipeline
+
+        return write_ldm_pipeline(model, out, overwrite=overwrite)
+    return write_diffusers_folder(_require_kl(model, str(run)), out, overwrite=overwrite)
 
 
 def save_imported_run(model, out: str | Path, source: str, overwrite: bool = False) -> Path:

@@ -58,21 +58,32 @@ def config_from_diffusers(doc: dict, where: str):
     return from_dict(AutoencoderKLConfig, fields, where)
 
 
-def write_diffusers_folder(model, out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``out/config.json`` and ``out/diffusion_pytorch_model.safetensors``: built in a temp
-    folder beside ``out`` and renamed into place, so a partial folder never appears."""
+def write_diffusers_folder(model, out: str | Path, overwrite: bool = False, **config_changes) -> Path:
+    """Write ``out/config.json`` and ``out/diffusion_pytorch_model.safetensors`` (a folder that is
+    never seen half-written: see ``write_folder``)."""
+    return write_folder(out, overwrite, "config.json", lambda tmp: write_autoencoder(model, tmp, **config_changes))
+
+
+def write_autoencoder(model, folder: Path, **config_changes) -> None:
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("likelihood.")}
+    save_tensors(folder / WEIGHTS, state, metadata={"format": "pt"})
+    write_json(folder / "config.json", {**diffusers_config(model.config), **config_changes})
+
+
+def write_folder(out: str | Path, overwrite: bool, marker: str, build) -> Path:
+    """Build a folder with ``build(tmp)`` in a temp folder beside ``out`` and rename it into place, so
+    a partial folder never appears; an existing ``out`` is replaced only with ``overwrite`` and only if
+    it holds ``marker`` (it is a folder of this kind)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise VaekitError(f"{out}: already exists; pass --overwrite to replace it")
-        if not (out / "config.json").is_file():
+        if not (out / marker).is_file():
             raise VaekitError(f"{out}: is not empty and not a diffusers folder; refusing to delete it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v for k, v in model.state_dict().items() if not k.startswith("likelihood.")}
-        save_tensors(tmp / WEIGHTS, state, metadata={"format": "pt"})
-        write_json(tmp / "config.json", diffusers_config(model.config))
+        build(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

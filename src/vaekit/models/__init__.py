@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vaekit.errors import VaekitError
-from vaekit.models import autoencoder_kl, conv, hvae, ladder, mlp  # noqa: F401  (registration)
+from vaekit.models import autoencoder_kl, conv, diffusion, hvae, ladder, mlp  # noqa: F401  (registration)
 from vaekit.models.base import VAE, ModelConfig, VAEOutput
 from vaekit.models.registry import MODELS, PRESETS
 

@@ -162,6 +162,22 @@ class VAE(nn.Module):
             fields["num_classes"] = info.num_classes
         return fields
 
+    @classmethod
+    def data_settings(cls, data: dict, model: Mapping) -> dict:
+        """The data settings, given the model's (a family whose data follows from its config sets them)."""
+        return data
+
+    @classmethod
+    def prepare_data(cls, data_cfg, model_fields: Mapping, saved=None, open_run=None):
+        """The training data as DataSplits; ``saved`` is an existing run's DataInfo, ``open_run(path) ->
+        (RunConfig, model)`` opens other runs for families that need them."""
+        from vaekit.data import load_data
+
+        return load_data(data_cfg, saved=saved, input_range=cls.input_range)
+
+    def attach(self, open_run) -> None:
+        """Called once the model is built from its config, for families that use other runs."""
+
     # -- what a model family implements -------------------------------------------------------
     def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

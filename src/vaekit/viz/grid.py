@@ -64,6 +64,26 @@ def label_rows(grid, labels: list[str], rows: int, width: int = 90):
     return out
 
 
+def side_by_side(images: list, captions: list[str], height: int | None = None, gap: int = 16):
+    """Pictures in one row, each scaled to the same height, with a caption above each (for a figure
+    that shows several pictures at a glance)."""
+    from PIL import Image, ImageDraw
+
+    height = height or max(im.height for im in images)
+    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height),
+                                       Image.Resampling.NEAREST) for im in images]
+    caption_h = 22
+    width = sum(im.width for im in scaled) + gap * (len(scaled) + 1)
+    out = Image.new("RGB", (width, height + caption_h + gap), "white")
+    draw = ImageDraw.Draw(out)
+    x = gap
+    for im, caption in zip(scaled, captions):
+        draw.text((x, 4), caption, fill="black")
+        out.paste(im, (x, caption_h))
+        x += im.width + gap
+    return out
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib

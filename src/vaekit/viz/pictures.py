@@ -38,7 +38,10 @@ def _labels_for(model, n: int, label: int | None) -> Tensor | None:
 
 @torch.no_grad()
 def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temperature: float = 1.0,
-            seed: int = 0, reference: ArrayData | None = None, prior=None):
+            seed: int = 0, reference: ArrayData | None = None, prior=None, **sampling):
+    """A grid of ``n`` samples (feature histograms for tabular data). ``prior``: a distribution over the
+    flattened latent to decode instead of the model's own; ``sampling``: options of the model's
+    ``sample`` (a diffusion model's steps, sampler and guidance)."""
     if n < 1:
         raise VaekitError(f"-n must be >= 1, got {n}")
     if temperature <= 0:
@@ -47,7 +50,7 @@ def samples(model, info: DataInfo, n: int = 64, label: int | None = None, temper
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
     y = _labels_for(model, n, label)
     if prior is None:
-        x = model.sample(n, y, temperature=temperature, generator=gen).cpu()
+        x = model.sample(n, y, temperature=temperature, generator=gen, **sampling).cpu()
     else:  # a fitted prior over the (flattened) latent
         z = prior.sample(n, generator=gen, temperature=temperature).to(_device(model))
         x = model.decode(z.float().view(n, *model.latent_shape), y).cpu()
