@@ -147,10 +147,10 @@ MLP = ["--data", "digits", "--limit", "400", "--binarize", "dynamic", "--hidden"
 
 def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
     """mlp with dynamic binarisation, an EMA and uneven shares (61 = 31 + 30), a streamed image folder
-    with random crops, the LDM loss before --disc-start, and beta-TCVAE's whole-batch estimator: each
-    ends with the weights of one process; evaluate --iw shards the test set and reports the numbers
-    of one process; FactorVAE and the LDM loss with its discriminator train, checkpoint and resume on
-    2 ranks, every rank holding the same weights."""
+    with random crops, the LDM loss before --disc-start, beta-TCVAE's whole-batch estimator and a
+    conditional pixel DDPM: each ends with the weights of one process; evaluate --iw shards the test
+    set and reports the numbers of one process; FactorVAE and the LDM loss with its discriminator
+    train, checkpoint and resume on 2 ranks, every rank holding the same weights."""
     folder = image_folder(tmp_path / "imgs")
     common = {"overwrite": True, "progress": False}
     stream = {**common, "model": "mlp", "model_overrides": {"hidden": [16], "latent_dim": 3},
@@ -170,7 +170,12 @@ def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
               "data": {"spec": "digits", "limit": 120},
               "training": {"objective": "factorvae", "epochs": 1, "batch_size": 20}}
     gan = {**ldm, "training": {**ldm["training"], "disc_start": 0, "epochs": 1}}
-    run = {name: tmp_path / name for name in ("mlp", "stream", "ldm", "tc", "factor", "gan")}
+    # a class-conditional DDPM (issue 17's objective: noise, timesteps and label dropout), clipped, with EMA
+    ddpm = {**common, "model": "pixel-diffusion", "conditional": True,
+            "model_overrides": {"denoiser": "mlp", "width": 32, "depth": 1},
+            "data": {"spec": "digits", "limit": 150, "pad_to": 8}, "training": {"epochs": 2, "batch_size": 25,
+                                                                                "precision": "fp32"}}
+    run = {name: tmp_path / name for name in ("mlp", "stream", "ldm", "tc", "factor", "gan", "ddpm")}
     results, launch = jobs(tmp_path, [
         {"cli": ["train", *MLP, "--out", run["mlp"]]},
         {"cli": ["evaluate", run["mlp"], "--iw", "7", "--precision", "fp32", "--json"]},
@@ -180,8 +185,10 @@ def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
         {"api": "train", "kwargs": {**factor, "out": str(run["factor"])}},
         {"api": "train", "kwargs": {**gan, "out": str(run["gan"])}},
         {"api": "resume", "kwargs": {"out": str(run["gan"]), "epochs": 2, "progress": False}},
+        {"api": "train", "kwargs": {**ddpm, "out": str(run["ddpm"])}},
+        {"cli": ["evaluate", run["ldm"], "--lpips-net", "none", "--precision", "fp32", "--batch-size", "3", "--json"]},
     ])
-    assert [r["code"] for r in results[0]] == [0] * 8 and results[0] == results[1]  # same weights on both ranks
+    assert [r["code"] for r in results[0]] == [0] * 10 and results[0] == results[1]  # same weights on both ranks
     # one process, the same settings
     r = cli("train", *MLP, "--out", tmp_path / "mlp1")
     assert r.code == 0, r.err
@@ -190,16 +197,20 @@ def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
     assert read_metrics(run["mlp"])[-1]["ranks"] == 2 and read_metrics(tmp_path / "mlp1")[-1]["ranks"] == 1
     assert sorted(p.name for p in run["mlp"].iterdir()) == ["checkpoint.safetensors", "config.json",
                                                              "metrics.jsonl", "model.safetensors"]
-    for name, kwargs in (("stream", stream), ("ldm", ldm), ("tc", tc)):
+    for name, kwargs in (("stream", stream), ("ldm", ldm), ("tc", tc), ("ddpm", ddpm)):
         single(kwargs, tmp_path / f"{name}1")
         assert_same_weights(run[name], tmp_path / f"{name}1")
-    # evaluate on 2 ranks (the JSON line came from rank 0 alone) against one process, same weights
-    r = cli("evaluate", run["mlp"], "--iw", "7", "--precision", "fp32", "--json")
-    one = json.loads(r.out)
+    # evaluate on 2 ranks (the JSON lines came from rank 0 alone) against one process, same weights: the
+    # likelihood evaluator with --iw, and the image evaluator (chunks of 3 images: 2 + 1 rows, and 1 whole)
     printed = [json.loads(line) for line in launch.out.splitlines() if line.startswith("{")]
-    assert len(printed) == 1 and printed[0].keys() == one.keys()
-    for key, value in one.items():
-        assert printed[0][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    assert len(printed) == 2
+    for shown, args in zip(printed, (["evaluate", run["mlp"], "--iw", "7"],
+                                     ["evaluate", run["ldm"], "--lpips-net", "none", "--batch-size", "3"])):
+        r = cli(*args, "--precision", "fp32", "--json")
+        one = json.loads(r.out)
+        assert shown.keys() == one.keys()
+        for key, value in one.items():
+            assert shown[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-6)), key
     assert read_metrics(run["gan"])[-1]["epoch"] == 2 and read_metrics(run["gan"])[0]["train_d_loss"] > 0
     assert read_metrics(run["factor"])[-1]["train_d_loss"] > 0
 

@@ -77,7 +77,7 @@ def evaluate_images(model, data, batch_size: int = 16, lpips_net: str | None = "
     from vaekit.training import distributed
 
     tune_cpu()
-    world = distributed.current()
+    world = distributed.setup()  # under torchrun: the job's ranks share the work
     model.eval()
     lo, hi = model.input_range
     lp = None

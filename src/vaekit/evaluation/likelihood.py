@@ -90,7 +90,7 @@ def evaluate(
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
     tune_cpu()
-    world = distributed.current()
+    world = distributed.setup()  # under torchrun: the job's ranks share the work
     model.eval()
     gen = torch.Generator(device=device)
     n = len(data)

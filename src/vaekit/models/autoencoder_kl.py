@@ -270,6 +270,7 @@ class AutoencoderKL(VAE):
     input_range = (-1.0, 1.0)
     evaluator = "images"
     data_defaults: ClassVar[dict] = {"augment": True}  # image folders: random crops and flips, streamed
+    channels_last: ClassVar[bool] = True  # the trainer keeps it channels-last under autocast (faster convolutions)
 
     def __init__(self, config: AutoencoderKLConfig) -> None:
         super().__init__(config)

@@ -214,6 +214,12 @@ class Trainer:
                                  getattr(objective, "min_rows", 1))
         self.model = model.to(self.device)
         self.objective = objective.to(self.device)
+        # conv nets under autocast run faster in channels-last layout (an autoencoder-kl step at 128^2 on an AMX
+        # CPU: bf16 11.0 s, bf16 channels-last 8.5 s, fp32 18.0 s); the layout changes no value
+        self.channels_last = self.precision.dtype is not None and getattr(model, "channels_last", False)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.objective.to(memory_format=torch.channels_last)
         self.data = data
         self.optimizers = objective.optimizers(self.model)
         # fp16: one gradient scaler per optimizer (master weights stay float32)
@@ -374,6 +380,8 @@ class Trainer:
     def _batch(self, index: Tensor) -> Batch:
         x, y = self.data.train.batch(index)
         x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.data.binarize == "dynamic":  # a fresh binarisation every time an example is seen
             # u < p is torch.bernoulli's own rule on CPU (one uniform per element, in order), drawn for
             # the global batch so that the draws do not depend on the sharding
@@ -522,6 +530,7 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][name])
             for group, lr in zip(opt.param_groups, built, strict=True):
                 group["lr"] = lr
+            _match_layouts(opt)
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -604,6 +613,16 @@ class Trainer:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state (moments) the memory layout of its parameter: a checkpoint stores
+    tensors contiguous, and fused kernels pair elements by memory, not by index."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _summary(r: dict, epochs: int) -> str:
