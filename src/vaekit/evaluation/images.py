@@ -90,17 +90,11 @@ def evaluate_images(model, data, batch_size: int = 16, lpips_net: str | None = "
     totals = torch.zeros(7, dtype=torch.float64)
     shown_x, shown_r = [], []
     n = len(data)
-    chunks = range(0, n, batch_size)
-    seeds = distributed.chunk_seeds(seed, len(chunks))
-    for c, start in enumerate(chunks):
-        total = min(batch_size, n - start)
-        a, b = distributed.chunk_rows(c, total, world)
-        if a == b:
-            continue
-        gen.manual_seed(seeds[c])
-        x, _ = data.batch(torch.arange(start + a, start + b))
+    for chunk in distributed.chunks(n, batch_size, seed, world):
+        gen.manual_seed(chunk.seed)
+        x, _ = data.batch(chunk.index)
         x = x.to(device)
-        with sharding.rows(a, b, total):
+        with sharding.rows(*chunk.rows):
             q = model.encode_tiled(x) if tiled else model.encode(x)
             xr = (model.decode_tiled(q.mode()) if tiled else model.decode(q.mode())).clamp(lo, hi)
             z = q.sample(generator=gen).double()

@@ -97,22 +97,16 @@ def evaluate(
     if n == 0:
         raise VaekitError("nothing to evaluate: the data has no examples")
     per_batch = max(1, min(n, batch_size // k if k <= batch_size else 1, 4096))
-    chunks = range(0, n, per_batch)
-    seeds = distributed.chunk_seeds(seed, len(chunks))
     hierarchical = getattr(model, "hierarchical", False)
     totals = torch.zeros(4, dtype=torch.float64)  # recon, kl, elbo, log-likelihood
     layer_kl: Tensor | None = None
     means: list[list[Tensor]] = []
-    for c, start in enumerate(chunks):
-        total = min(per_batch, n - start)
-        a, b = distributed.chunk_rows(c, total, world)
-        if a == b:
-            continue
-        gen.manual_seed(seeds[c])
-        x, y = data.batch(torch.arange(start + a, start + b))
+    for chunk in distributed.chunks(n, per_batch, seed, world):
+        gen.manual_seed(chunk.seed)
+        x, y = data.batch(chunk.index)
         x = x.to(device)
         y = None if y is None else y.to(device)
-        with sharding.rows(a, b, total):  # the chunk's noise, this rank's rows of it
+        with sharding.rows(*chunk.rows):  # the chunk's noise, this rank's rows of it
             layer_means = model.layer_means(x) if hierarchical else [model.encode(x, y).mean]
             means.append([m.flatten(1).double().cpu() for m in layer_means])
             parts = elbo_parts(model, model(x, y, generator=gen), x)

@@ -170,6 +170,28 @@ def chunk_seeds(seed: int, chunks: int) -> list[int]:
     return torch.randint(0, 2**62, (max(chunks, 1),), generator=gen).tolist()
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """This rank's part of one evaluation chunk: the examples, its rows of the chunk (for
+    ``sharding.rows``) and the chunk's seed."""
+
+    index: Tensor
+    rows: tuple[int, int, int]  # start, stop, total
+    seed: int
+
+
+def chunks(n: int, size: int, seed: int, world: World) -> Iterator[Chunk]:
+    """The chunks of ``size`` of ``n`` examples that this rank has a part of (``chunk_rows``), each
+    with its own seed (``chunk_seeds``): the numbers do not depend on the ranks."""
+    starts = range(0, n, size)
+    seeds = chunk_seeds(seed, len(starts))
+    for c, start in enumerate(starts):
+        total = min(size, n - start)
+        a, b = chunk_rows(c, total, world)
+        if a < b:
+            yield Chunk(torch.arange(start + a, start + b), (a, b, total), seeds[c])
+
+
 def check_shares(examples: int, batch_size: int, world: World, min_rows: int = 1, what: str = "training") -> None:
     """Every rank must get at least ``min_rows`` rows of every batch, the epoch's last one included.
 

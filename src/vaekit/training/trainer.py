@@ -379,15 +379,17 @@ class Trainer:
 
     def _batch(self, index: Tensor) -> Batch:
         x, y = self.data.train.batch(index)
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._on_device(x)
         if self.data.binarize == "dynamic":  # a fresh binarisation every time an example is seen
             # u < p is torch.bernoulli's own rule on CPU (one uniform per element, in order), drawn for
             # the global batch so that the draws do not depend on the sharding
             u = sharding.draw(lambda s: torch.rand(s, device=x.device), x.shape, 0)
             x = (u < x).to(x.dtype)
         return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
+
+    def _on_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def _finish_epoch(self) -> None:
         record: dict = {"epoch": self.epoch + 1, "step": (self.epoch + 1) * self.steps_per_epoch}
@@ -431,18 +433,12 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator(device=self.device)
         val = self.data.val
-        chunks = range(0, len(val), VAL_BATCH)
-        seeds = distributed.chunk_seeds(self.config.seed + 2, len(chunks))
         sums: dict[str, Tensor] = {}
-        for c, start in enumerate(chunks):
-            total = min(VAL_BATCH, len(val) - start)
-            a, b = distributed.chunk_rows(c, total, self.world)  # this rank's rows of the chunk
-            if a == b:
-                continue
-            gen.manual_seed(seeds[c])
-            x, y = val.batch(torch.arange(start + a, start + b))
-            batch = Batch(x.to(self.device), None if y is None else y.to(self.device))
-            with self.ctx.autocast(), sharding.rows(a, b, total):
+        for chunk in distributed.chunks(len(val), VAL_BATCH, self.config.seed + 2, self.world):  # this rank's part
+            gen.manual_seed(chunk.seed)
+            x, y = val.batch(chunk.index)
+            batch = Batch(self._on_device(x), None if y is None else y.to(self.device))
+            with self.ctx.autocast(), sharding.rows(*chunk.rows):
                 parts = self.objective.validation_step(self.model, batch, gen)
             for name, v in parts.items():
                 sums[name] = sums.get(name, 0.0) + v.double().sum().cpu()
