@@ -143,74 +143,106 @@ def single(kwargs: dict, out: Path):
 
 MLP = ["--data", "digits", "--limit", "400", "--binarize", "dynamic", "--hidden", "32", "--latent-dim", "4",
        "--epochs", "2", "--batch-size", "61", "--ema", "0.9", "--precision", "fp32", "--quiet"]
+COMMON = {"overwrite": True, "progress": False}
+
+
+def stream_job(folder: Path) -> dict:
+    return {**COMMON, "model": "mlp", "model_overrides": {"hidden": [16], "latent_dim": 3},
+            "data": {"spec": str(folder), "resolution": 16, "augment": True, "samples_per_epoch": 24,
+                     "eval_samples": 4},
+            "training": {"epochs": 2, "batch_size": 6, "precision": "fp32"}}
+
+
+def assert_same_evaluations(cli, launch: Launch, commands: list[list]) -> None:
+    """The JSON lines a launch printed (rank 0 alone) equal one process's, command by command."""
+    printed = [json.loads(line) for line in launch.out.splitlines() if line.startswith("{")]
+    assert len(printed) == len(commands)
+    for shown, args in zip(printed, commands):
+        r = cli(*args, "--precision", "fp32", "--json")
+        one = json.loads(r.out)
+        assert shown.keys() == one.keys()
+        for key, value in one.items():
+            assert shown[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-6)), key
 
 
 def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
     """mlp with dynamic binarisation, an EMA and uneven shares (61 = 31 + 30), a streamed image folder
-    with random crops, the LDM loss before --disc-start, beta-TCVAE's whole-batch estimator and a
-    conditional pixel DDPM: each ends with the weights of one process; evaluate --iw shards the test
-    set and reports the numbers of one process; FactorVAE and the LDM loss with its discriminator
-    train, checkpoint and resume on 2 ranks, every rank holding the same weights."""
-    folder = image_folder(tmp_path / "imgs")
-    common = {"overwrite": True, "progress": False}
-    stream = {**common, "model": "mlp", "model_overrides": {"hidden": [16], "latent_dim": 3},
-              "data": {"spec": str(folder), "resolution": 16, "augment": True, "samples_per_epoch": 24,
-                       "eval_samples": 4},
-              "training": {"epochs": 2, "batch_size": 6, "precision": "fp32"}}
-    kl = {"model": "autoencoder-kl", "model_overrides": {"block_out_channels": [8, 16], "norm_num_groups": 4,
-                                                         "latent_channels": 2}}
-    ldm = {**common, **kl, "data": {"spec": str(folder), "resolution": 16, "samples_per_epoch": 8,
-                                    "eval_samples": 4},
-           "training": {"objective": "ldm", "epochs": 2, "batch_size": 4, "perceptual_weight": 0.0,
-                        "disc_start": 1000, "disc_ndf": 8, "disc_layers": 1, "lr": 1e-3, "precision": "fp32"}}
-    tc = {**common, "model": "mlp", "model_overrides": {"hidden": [32], "latent_dim": 3},
+    with random crops, and beta-TCVAE's whole-batch estimator each end with the weights of one
+    process; evaluate --iw shards the test set and reports the numbers of one process."""
+    stream = stream_job(image_folder(tmp_path / "imgs"))
+    tc = {**COMMON, "model": "mlp", "model_overrides": {"hidden": [32], "latent_dim": 3},
           "data": {"spec": "digits", "limit": 200}, "training": {"objective": "beta-tcvae", "epochs": 2,
                                                                  "batch_size": 45, "precision": "fp32"}}
-    factor = {**common, "model": "mlp", "model_overrides": {"hidden": [16], "latent_dim": 3},
-              "data": {"spec": "digits", "limit": 120},
-              "training": {"objective": "factorvae", "epochs": 1, "batch_size": 20}}
-    gan = {**ldm, "training": {**ldm["training"], "disc_start": 0, "epochs": 1}}
-    # a class-conditional DDPM (issue 17's objective: noise, timesteps and label dropout), clipped, with EMA
-    ddpm = {**common, "model": "pixel-diffusion", "conditional": True,
-            "model_overrides": {"denoiser": "mlp", "width": 32, "depth": 1},
-            "data": {"spec": "digits", "limit": 150, "pad_to": 8}, "training": {"epochs": 2, "batch_size": 25,
-                                                                                "precision": "fp32"}}
-    run = {name: tmp_path / name for name in ("mlp", "stream", "ldm", "tc", "factor", "gan", "ddpm")}
+    run = {name: tmp_path / name for name in ("mlp", "stream", "tc")}
     results, launch = jobs(tmp_path, [
         {"cli": ["train", *MLP, "--out", run["mlp"]]},
         {"cli": ["evaluate", run["mlp"], "--iw", "7", "--precision", "fp32", "--json"]},
         {"api": "train", "kwargs": {**stream, "out": str(run["stream"])}},
-        {"api": "train", "kwargs": {**ldm, "out": str(run["ldm"])}},
         {"api": "train", "kwargs": {**tc, "out": str(run["tc"])}},
-        {"api": "train", "kwargs": {**factor, "out": str(run["factor"])}},
-        {"api": "train", "kwargs": {**gan, "out": str(run["gan"])}},
-        {"api": "resume", "kwargs": {"out": str(run["gan"]), "epochs": 2, "progress": False}},
-        {"api": "train", "kwargs": {**ddpm, "out": str(run["ddpm"])}},
-        {"cli": ["evaluate", run["ldm"], "--lpips-net", "none", "--precision", "fp32", "--batch-size", "3", "--json"]},
     ])
-    assert [r["code"] for r in results[0]] == [0] * 10 and results[0] == results[1]  # same weights on both ranks
-    # one process, the same settings
-    r = cli("train", *MLP, "--out", tmp_path / "mlp1")
+    assert [r["code"] for r in results[0]] == [0] * 4 and results[0] == results[1]  # same weights on both ranks
+    r = cli("train", *MLP, "--out", tmp_path / "mlp1")  # one process, the same settings
     assert r.code == 0, r.err
     assert_same_weights(run["mlp"], tmp_path / "mlp1")
     assert_same_history(run["mlp"], tmp_path / "mlp1")
     assert read_metrics(run["mlp"])[-1]["ranks"] == 2 and read_metrics(tmp_path / "mlp1")[-1]["ranks"] == 1
     assert sorted(p.name for p in run["mlp"].iterdir()) == ["checkpoint.safetensors", "config.json",
                                                              "metrics.jsonl", "model.safetensors"]
-    for name, kwargs in (("stream", stream), ("ldm", ldm), ("tc", tc), ("ddpm", ddpm)):
+    for name, kwargs in (("stream", stream), ("tc", tc)):
         single(kwargs, tmp_path / f"{name}1")
         assert_same_weights(run[name], tmp_path / f"{name}1")
-    # evaluate on 2 ranks (the JSON lines came from rank 0 alone) against one process, same weights: the
-    # likelihood evaluator with --iw, and the image evaluator (chunks of 3 images: 2 + 1 rows, and 1 whole)
-    printed = [json.loads(line) for line in launch.out.splitlines() if line.startswith("{")]
-    assert len(printed) == 2
-    for shown, args in zip(printed, (["evaluate", run["mlp"], "--iw", "7"],
-                                     ["evaluate", run["ldm"], "--lpips-net", "none", "--batch-size", "3"])):
-        r = cli(*args, "--precision", "fp32", "--json")
-        one = json.loads(r.out)
-        assert shown.keys() == one.keys()
-        for key, value in one.items():
-            assert shown[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-6)), key
+    assert_same_evaluations(cli, launch, [["evaluate", run["mlp"], "--iw", "7"]])
+
+
+@pytest.mark.slow
+def test_every_objective_and_family_on_two_ranks(cli, tmp_path):
+    """The LDM loss before --disc-start and a conditional pixel DDPM (issue 17's objective) end with the
+    weights of one process, and so do hvae and the ladder (noise per layer: [B, d] and [k, B, d], and
+    k-major [k * B, C, H, W]); evaluate of those and the image evaluator give one process's numbers;
+    FactorVAE and the LDM loss with its discriminator train, checkpoint and resume on 2 ranks, every
+    rank holding the same weights."""
+    folder = image_folder(tmp_path / "imgs")
+    kl = {"model": "autoencoder-kl", "model_overrides": {"block_out_channels": [8, 16], "norm_num_groups": 4,
+                                                         "latent_channels": 2}}
+    ldm = {**COMMON, **kl, "data": {"spec": str(folder), "resolution": 16, "samples_per_epoch": 8,
+                                    "eval_samples": 4},
+           "training": {"objective": "ldm", "epochs": 2, "batch_size": 4, "perceptual_weight": 0.0,
+                        "disc_start": 1000, "disc_ndf": 8, "disc_layers": 1, "lr": 1e-3, "precision": "fp32"}}
+    factor = {**COMMON, "model": "mlp", "model_overrides": {"hidden": [16], "latent_dim": 3},
+              "data": {"spec": "digits", "limit": 120},
+              "training": {"objective": "factorvae", "epochs": 1, "batch_size": 20}}
+    gan = {**ldm, "training": {**ldm["training"], "disc_start": 0, "epochs": 1}}
+    # a class-conditional DDPM (noise, timesteps and label dropout), clipped, with an EMA
+    ddpm = {**COMMON, "model": "pixel-diffusion", "conditional": True,
+            "model_overrides": {"denoiser": "mlp", "width": 32, "depth": 1},
+            "data": {"spec": "digits", "limit": 150, "pad_to": 8}, "training": {"epochs": 2, "batch_size": 25,
+                                                                                "precision": "fp32"}}
+    small = ["--data", "digits", "--limit", "120", "--epochs", "1", "--batch-size", "30", "--precision", "fp32",
+             "--quiet"]
+    deep = {"hvae": ["--model", "hvae", "--latent-dims", "4,2", "--hidden", "16,8", *small],
+            "ladder": ["--model", "ladder", "--topology", "4x1,2x1,1x1", "--patch", "2", "--width", "8", "--zdim", "2",
+                       *small]}
+    run = {name: tmp_path / name for name in ("ldm", "factor", "gan", "ddpm", *deep)}
+    # the image evaluator in chunks of 3 of the 4 held-out images: shares of 2 + 1 rows, then 1 image whole
+    evaluations = [["evaluate", run["ldm"], "--lpips-net", "none", "--batch-size", "3"],
+                   *(["evaluate", run[name], "--iw", "5"] for name in deep)]
+    results, launch = jobs(tmp_path, [
+        {"api": "train", "kwargs": {**ldm, "out": str(run["ldm"])}},
+        {"api": "train", "kwargs": {**ddpm, "out": str(run["ddpm"])}},
+        {"api": "train", "kwargs": {**factor, "out": str(run["factor"])}},
+        {"api": "train", "kwargs": {**gan, "out": str(run["gan"])}},
+        {"api": "resume", "kwargs": {"out": str(run["gan"]), "epochs": 2, "progress": False}},
+        *({"cli": ["train", *flags, "--out", run[name]]} for name, flags in deep.items()),
+        *({"cli": [*args, "--precision", "fp32", "--json"]} for args in evaluations),
+    ])
+    assert [r["code"] for r in results[0]] == [0] * 10 and results[0] == results[1]  # same weights on both ranks
+    for name, kwargs in (("ldm", ldm), ("ddpm", ddpm)):
+        single(kwargs, tmp_path / f"{name}1")
+        assert_same_weights(run[name], tmp_path / f"{name}1")
+    for name, flags in deep.items():
+        assert cli("train", *flags, "--out", tmp_path / f"{name}1").code == 0
+        assert_same_weights(run[name], tmp_path / f"{name}1")
+    assert_same_evaluations(cli, launch, evaluations)
     assert read_metrics(run["gan"])[-1]["epoch"] == 2 and read_metrics(run["gan"])[0]["train_d_loss"] > 0
     assert read_metrics(run["factor"])[-1]["train_d_loss"] > 0
 
@@ -316,11 +348,18 @@ def test_bad_inputs_on_two_ranks_fail_together_with_one_line_each(cli, tmp_path)
     assert "Traceback" not in launch.err
     assert not any(p.exists() for p in new)
     assert before == {p: p.read_bytes() for d in (good, edited) for p in d.iterdir()}  # nothing clobbered
-    # the same through torchrun -m vaekit: the ranks exit 2, torchrun reports it and fails
-    r = torchrun(["-m", "vaekit", *cases[0][0]])
-    assert r.code != 0 and "exitcode  : 2" in r.err
-    assert sum(line.startswith("vaekit: error:") for line in r.err.splitlines()) == 1
     # and in one process
     for args, needle in cases[2:4] + cases[5:6]:
         r = cli(*args)
         assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and needle in r.err, r.err
+
+
+@pytest.mark.slow
+def test_torchrun_m_vaekit_reports_a_user_error_once_and_every_rank_exits_2(tmp_path):
+    r = torchrun(["-m", "vaekit", "train", "--data", "digits", "--limit", "1", "--val-fraction", "0", "--quiet",
+                  "--out", tmp_path / "run"])
+    assert r.code != 0 and r.err.count("exitcode  : 2") == 2  # torchrun's own report: each rank exited 2
+    errors = [line for line in r.err.splitlines() if line.startswith("vaekit: error:")]
+    assert errors == ["vaekit: error: torchrun started 2 ranks but there are only 1 training examples; use at most "
+                      "1 ranks"]
+    assert not (tmp_path / "run").exists()

@@ -12,6 +12,7 @@ with published figures.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -60,18 +61,25 @@ def log_likelihood(
     """
     if k < 1:
         raise VaekitError(f"the number of importance samples (--iw) must be >= 1, got {k}")
-    if posterior is None:
-        posterior = model.encode(x, y)
-    n = sharding.global_rows(x.shape[0])  # on N ranks, the chunk's global rows set the sample chunks
-    chunk = max(1, batch_size // n)
-    weights = []
-    done = 0
-    while done < k:
-        kc = min(chunk, k - done)
-        weights.append(model.log_importance_weights(x, y, posterior, kc, generator=generator))  # [kc, n]
-        done += kc
+    with estimator_precision(model):
+        if posterior is None:
+            posterior = model.encode(x, y)
+        n = sharding.global_rows(x.shape[0])  # on N ranks, the chunk's global rows set the sample chunks
+        chunk = max(1, batch_size // n)
+        weights = []
+        done = 0
+        while done < k:
+            kc = min(chunk, k - done)
+            weights.append(model.log_importance_weights(x, y, posterior, kc, generator=generator))  # [kc, n]
+            done += kc
     log_w = torch.cat(weights).double()
     return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+
+def estimator_precision(model) -> contextlib.AbstractContextManager:
+    """What the likelihood estimator runs in: fp32 under ``auto`` (``VAE.likelihood_precision``)."""
+    method = getattr(model, "likelihood_precision", None)
+    return method() if method is not None else contextlib.nullcontext("fp32")
 
 
 @torch.no_grad()
@@ -106,7 +114,7 @@ def evaluate(
         x, y = data.batch(chunk.index)
         x = x.to(device)
         y = None if y is None else y.to(device)
-        with sharding.rows(*chunk.rows):  # the chunk's noise, this rank's rows of it
+        with sharding.rows(*chunk.rows), estimator_precision(model):  # this rank's rows of the chunk's noise
             layer_means = model.layer_means(x) if hierarchical else [model.encode(x, y).mean]
             means.append([m.flatten(1).double().cpu() for m in layer_means])
             parts = elbo_parts(model, model(x, y, generator=gen), x)

@@ -317,7 +317,8 @@ class AutoencoderKL(VAE):
     def _bf16_twin(self) -> AutoencoderKL | None:
         """The bf16 channels-last copy inference runs on (None: run this model itself)."""
         twin = self.__dict__.get("_twin")
-        if twin is None or self.training or torch.is_autocast_enabled(self._device().type):
+        if twin is None or self.training or self.__dict__.get("_exact", False) \
+                or torch.is_autocast_enabled(self._device().type):
             return None
         copy, made_from = twin
         version = (self._device(), sum(p._version for p in self.parameters()))

@@ -10,8 +10,9 @@ conditional model, or None.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
@@ -53,7 +54,7 @@ def in_inference_precision(fn):
     @functools.wraps(fn)
     def run(self, *args, **kwargs):
         dtype = self.__dict__.get("_autocast_dtype")
-        if dtype is None or self.training:
+        if dtype is None or self.training or self.__dict__.get("_exact", False):
             return fn(self, *args, **kwargs)
         device = self._device().type
         if torch.is_autocast_enabled(device):
@@ -255,7 +256,26 @@ class VAE(nn.Module):
         chosen = resolve_precision(precision, self._device())
         self.inference_precision = chosen.name
         self.__dict__["_autocast_dtype"] = chosen.dtype
+        self.__dict__["_precision_request"] = precision
         return self
+
+    @contextlib.contextmanager
+    def likelihood_precision(self) -> Iterator[str]:
+        """The precision the importance-weighted likelihood runs in: fp32 when ``auto`` chose bf16
+        (an explicit bf16 or fp16 is honoured). With bf16 decoder outputs (about three significant
+        digits per logit) the estimate of log p(x) for a 784-pixel image moved by up to 1.1 nats and by
+        0.17 nats on average (500 Fashion-MNIST test images, K = 1000), and on an AMX CPU it was not
+        faster: the product runs 5x faster, but casting the [K x 784] logits back to fp32 for the
+        densities costs more. Yields the precision in use."""
+        auto = self.__dict__.get("_precision_request") == "auto" and self.inference_precision != "fp32"
+        if not auto:
+            yield self.inference_precision
+            return
+        self.__dict__["_exact"] = True
+        try:
+            yield "fp32"
+        finally:
+            self.__dict__["_exact"] = False
 
     # -- what objectives and the estimator use --------------------------------------------------
     def kl_terms(self, out: VAEOutput) -> Tensor:
