@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch pinned here: the CPU build from the local wheel, never the multi-GB CUDA wheels
 	$(PIP) install torch==2.13.0 2>&1 | sed '/is ignored/d'
-	$(PIP) install -e '.[dev,diffusers,images]' 2>&1 | sed '/is ignored/d'
+	$(PIP) install -e '.[dev,diffusers,images,compression]' 2>&1 | sed '/is ignored/d'
 	$(BIN)/python -c "import torch, vaekit; assert torch.__version__.startswith('2.13.0')"
 	rm -f $(VENV)/.installed-*
 	touch $@

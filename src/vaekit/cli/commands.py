@@ -1,3 +1,13 @@
 """Importing this module registers every subcommand."""
 
-from vaekit.cli import analysis, demo, evaluate, generation, interop, pictures, train, weights  # noqa: F401
+from vaekit.cli import (  # noqa: F401
+    analysis,
+    compression,
+    demo,
+    evaluate,
+    generation,
+    interop,
+    pictures,
+    train,
+    weights,
+)

@@ -56,6 +56,7 @@ class DataInfo:
     feature_names: tuple[str, ...] = ()
     value_range: tuple[float, float] = (0.0, 1.0)  # of the training data as served
     input_range: tuple[float, float] = (0.0, 1.0)  # what 8-bit images are mapped to
+    levels: int = 0  # 256: every split is 8-bit data served as k/255 (what a discrete likelihood needs); 0: other
     standardize_mean: tuple[float, ...] = ()  # vector data from CSV: per-column statistics of the
     standardize_std: tuple[float, ...] = ()  # training split, applied to every split
     n_train: int = 0

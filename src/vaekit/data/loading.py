@@ -65,6 +65,7 @@ def _load_arrays(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
         if test_raw.x is None:
             raise VaekitError(f"{cfg.test_spec}: cannot serve as test data for in-memory training data")
         x_test, y_test, test_source = test_raw.x, test_raw.y, "file"
+        test_dtype = test_raw.x.dtype
         check_finite(x_test, test_raw.source)
         if x_test.shape[1:] != x.shape[1:]:
             raise VaekitError(f"train data ({cfg.spec}) has examples of shape {tuple(x.shape[1:])} but test data "
@@ -78,6 +79,8 @@ def _load_arrays(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
     else:
         x_test = y_test = None
         test_source = "split"
+    if test_source != "file":
+        test_dtype = x.dtype
 
     rng = np.random.default_rng(cfg.split_seed)
     if x_test is None:
@@ -122,9 +125,11 @@ def _load_arrays(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
         if cfg.binarize == "static":
             train.x = torch.bernoulli(train.x, generator=torch.Generator().manual_seed(cfg.split_seed))
 
+    eight_bit = x.dtype == np.uint8 and test_dtype == np.uint8 and tuple(input_range) == (0.0, 1.0)
     info = DataInfo(
         kind=raw.kind,
         shape=train.shape,
+        levels=256 if eight_bit and cfg.binarize == "none" else 0,
         num_classes=num_classes,
         class_names=tuple(class_names[:num_classes]) if num_classes else (),
         feature_names=raw.feature_names,
@@ -176,7 +181,8 @@ def _load_stream(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
     num_classes = 0 if labels is None else int(labels.max()) + 1
     info = DataInfo(
         kind="image", shape=train.shape, num_classes=num_classes, class_names=raw.class_names[:num_classes],
-        value_range=tuple(input_range), input_range=tuple(input_range), n_train=len(train), n_val=len(held_out),
+        value_range=tuple(input_range), input_range=tuple(input_range),
+        levels=256 if tuple(input_range) == (0.0, 1.0) else 0, n_train=len(train), n_val=len(held_out),
         n_test=len(held_out), test_source=test_source, streamed=True, skipped_files=raw.skipped, source=raw.source,
     )
     return DataSplits(train, held_out, held_out, info, "none", _notes(raw))

@@ -53,8 +53,11 @@ def _likelihood(run: Path, cfg, model, req: EvaluationRequest) -> tuple[dict, tu
     if req.data is not None:
         from vaekit.config import replace
         from vaekit.data import load_data
+        from vaekit.likelihoods import check_levels
 
-        data = load_data(replace(cfg.data, spec=req.data, test_spec=None), saved=cfg.data_info).test
+        splits = load_data(replace(cfg.data, spec=req.data, test_spec=None), saved=cfg.data_info)
+        check_levels(cfg.model.likelihood, splits.info)
+        data = splits.test
     else:
         data = run_split(cfg, req.split)
     result = evaluate(model, data, k=k, batch_size=req.batch_size or 4096, seed=req.seed, device=req.device)

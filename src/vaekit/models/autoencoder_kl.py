@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from vaekit.config import check
 from vaekit.distributions import DiagonalGaussian
 from vaekit.errors import VaekitError
+from vaekit.likelihoods import LIKELIHOODS
 from vaekit.models.base import LOGVAR_RANGE, VAE, LikelihoodConfig
 from vaekit.models.registry import MODELS, PRESETS
 
@@ -61,6 +62,9 @@ class AutoencoderKLConfig(LikelihoodConfig):
                   f"norm_num_groups={self.norm_num_groups} does not divide block_out_channels entry {c}")
         check(self.act_fn in ACTIVATIONS, f"unknown act_fn '{self.act_fn}' (choose from: {', '.join(ACTIVATIONS)})")
         check(self.scaling_factor > 0, f"scaling_factor must be positive, got {self.scaling_factor}")
+        check(LIKELIHOODS.get(self.likelihood).params_per_element == 1,
+              f"the autoencoder-kl model decodes one value per pixel in [-1, 1]; the {self.likelihood} likelihood "
+              "is for mlp, conv, hvae and ladder runs")
 
     @property
     def downsample_factor(self) -> int:

@@ -80,7 +80,9 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, cfg: ConvConfig) -> None:
+    """``params``: outputs per pixel and channel (the likelihood's ``params_per_element``)."""
+
+    def __init__(self, cfg: ConvConfig, params: int = 1) -> None:
         super().__init__()
         ch = cfg.channels
         self.sizes = stage_sizes(tuple(cfg.data_shape[1:]), len(ch))
@@ -88,7 +90,7 @@ class ConvDecoder(nn.Module):
         self.fc = nn.Linear(cfg.latent_dim + cfg.num_classes, math.prod(self.base_shape))
         outs = (ch[0], *ch[:-1])
         self.up = nn.ModuleList(ConvBlock(a, b, cfg.groups, stride=1) for a, b in zip(reversed(ch), reversed(outs)))
-        self.conv_out = nn.Conv2d(ch[0], cfg.data_shape[0], 3, padding=1)
+        self.conv_out = nn.Conv2d(ch[0], cfg.data_shape[0] * params, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         h = F.silu(self.fc(z)).view(z.shape[0], *self.base_shape)
@@ -107,7 +109,7 @@ class ConvVAE(VAE):
     def __init__(self, config: ConvConfig) -> None:
         super().__init__(config)
         self.encoder = ConvEncoder(config)
-        self.decoder = ConvDecoder(config)
+        self.decoder = ConvDecoder(config, self.likelihood.params_per_element)
 
     def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         if c is not None:

@@ -104,10 +104,11 @@ class HVAE(VAE):
             from vaekit.models.conv import ConvConfig, ConvDecoder, ConvEncoder
 
             conv = ConvConfig(data_shape=config.data_shape, latent_dim=dims[0], channels=config.channels)
-            bottom, self.out = _ConvGaussian(ConvEncoder(conv)), ConvDecoder(conv)
+            bottom = _ConvGaussian(ConvEncoder(conv))
+            self.out = ConvDecoder(conv, self.likelihood.params_per_element)
         else:
             bottom = GaussianNet(data_dim, widths[0], depth, dims[0], act)
-            self.out = MLPOut(dims[0], widths[0], depth, config.data_shape, act)
+            self.out = MLPOut(dims[0], widths[0], depth, self.likelihood.output_shape, act)
         self.encoder = nn.ModuleList([bottom] + [GaussianNet(dims[t - 1], widths[t], depth, dims[t], act)
                                                  for t in range(1, len(dims))])
         self.decoder = nn.ModuleList([GaussianNet(dims[t + 1], widths[t + 1], depth, dims[t], act)

@@ -180,7 +180,7 @@ class LadderVAE(VAE):
         )
         top = self.groups[-1][0]
         self.h_top = nn.Parameter(torch.zeros(1, width, top, top))
-        self.out_conv = nn.Conv2d(width, folded, 3, padding=1)
+        self.out_conv = nn.Conv2d(width, folded * self.likelihood.params_per_element, 3, padding=1)
 
     @classmethod
     def config_for_data(cls, fields: dict, info, conditional: bool) -> dict:

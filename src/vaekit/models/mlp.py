@@ -78,8 +78,8 @@ class MLPVAE(VAE):
         self.data_dim = math.prod(config.data_shape)
         k = config.num_classes
         self.encoder = MLPEncoder(self.data_dim + k, config.hidden, config.latent_dim, config.activation)
-        self.decoder = MLPDecoder(config.latent_dim + k, tuple(reversed(config.hidden)), self.data_dim,
-                                  config.activation)
+        out_dim = self.data_dim * self.likelihood.params_per_element
+        self.decoder = MLPDecoder(config.latent_dim + k, tuple(reversed(config.hidden)), out_dim, config.activation)
 
     def encoder_params(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x.reshape(x.shape[0], self.data_dim)
@@ -90,4 +90,4 @@ class MLPVAE(VAE):
     def decoder_output(self, z: Tensor, c: Tensor | None) -> Tensor:
         if c is not None:
             z = torch.cat([z, c], dim=1)
-        return self.decoder(z).view(z.shape[0], *self.config.data_shape)
+        return self.decoder(z).view(z.shape[0], *self.likelihood.output_shape)

@@ -53,11 +53,14 @@ def model_config_for(model: str, overrides: dict[str, Any], info: DataInfo, cond
 
 
 def check_compatible(model_cls, model_cfg, info: DataInfo) -> None:
-    from vaekit.likelihoods import LIKELIHOODS
+    from vaekit.likelihoods import LIKELIHOODS, check_levels
 
     lo, hi = info.value_range
     likelihood = getattr(model_cfg, "likelihood", None)
-    if likelihood is not None and LIKELIHOODS.get(likelihood).unit_interval and (lo < 0 or hi > 1):
+    if likelihood is None:  # a diffusion model: no observation model
+        return
+    check_levels(likelihood, info)
+    if LIKELIHOODS.get(likelihood).unit_interval and (lo < 0 or hi > 1):
         raise VaekitError(f"the {model_cfg.likelihood} likelihood needs data in [0, 1], but {info.source} has values "
                           f"in [{lo:.3g}, {hi:.3g}]; use --likelihood gaussian")
 
