@@ -355,10 +355,12 @@ def test_bad_inputs_on_two_ranks_fail_together_with_one_line_each(cli, tmp_path)
 
 
 @pytest.mark.slow
-def test_torchrun_m_vaekit_reports_a_user_error_once_and_every_rank_exits_2(tmp_path):
+def test_torchrun_m_vaekit_reports_a_user_error_once_and_the_job_fails_with_exit_code_2(tmp_path):
     r = torchrun(["-m", "vaekit", "train", "--data", "digits", "--limit", "1", "--val-fraction", "0", "--quiet",
                   "--out", tmp_path / "run"])
-    assert r.code != 0 and r.err.count("exitcode  : 2") == 2  # torchrun's own report: each rank exited 2
+    # torchrun's own status is 1; its report names the first rank to end, with exit code 2 (it stops the
+    # others itself, so they may show its SIGTERM instead; the driver test above sees every rank return 2)
+    assert r.code != 0 and "exitcode  : 2" in r.err
     errors = [line for line in r.err.splitlines() if line.startswith("vaekit: error:")]
     assert errors == ["vaekit: error: torchrun started 2 ranks but there are only 1 training examples; use at most "
                       "1 ranks"]
