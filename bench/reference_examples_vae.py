@@ -5,7 +5,7 @@ through Pillow (what ``transforms.ToTensor`` does), a DataLoader (batch 128, shu
 784-400-20 network with ReLU and a sigmoid output, the summed binary cross-entropy plus the KL,
 Adam 1e-3, and the test loss computed after every epoch. Prints one JSON line per epoch.
 
-Run: python bench/reference_examples_vae.py --epochs 10 [--fashion-dir DIR]
+Run: python bench/reference_examples_vae.py --epochs 10 [--fashion-dir DIR] [--limit N]
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--fashion-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--limit", type=int, default=None, help="only the first N training images (a quick check)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    train = ImageDataset(read_idx(args.fashion_dir / "train-images-idx3-ubyte.gz"))
+    train = ImageDataset(read_idx(args.fashion_dir / "train-images-idx3-ubyte.gz")[: args.limit])
     test = ImageDataset(read_idx(args.fashion_dir / "t10k-images-idx3-ubyte.gz"))
     train_loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=128, shuffle=False)

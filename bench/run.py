@@ -3,8 +3,8 @@
 Approximate wall time on the 2-core machine: train_speed 3 min, eval_speed 2 min, kl_results
 55 min, kl_speed 35 min, lpips_agreement 5 min (+ installing JAX once), likelihood 100 min,
 disentanglement 60 min, generation ~3 h (six models, 10,000 samples per row), compression ~100 min (4 models x
-20 min, then coding), anomaly ~60 min (+ installing PyOD once), serve_latency 3 min. ``python bench/run.py NAME
-...`` runs a subset.
+20 min, then coding), anomaly ~60 min (+ installing PyOD once), serve_latency 3 min, ddp 8 min.
+``python bench/run.py NAME ...`` runs a subset.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from common import HERE, RESULTS
 
 BENCHMARKS = ["train_speed", "eval_speed", "kl_results", "kl_speed", "lpips_agreement", "likelihood", "generation",
-              "disentanglement", "compression", "anomaly", "serve_latency"]
+              "disentanglement", "compression", "anomaly", "serve_latency", "ddp"]
 
 
 def main() -> None:

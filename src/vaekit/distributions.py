@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vaekit import sharding
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -24,6 +26,11 @@ def _sum_event(t: Tensor, event_ndim: int) -> Tensor:
 def _full(t: Tensor) -> Tensor:
     """Densities are summed in at least float32, whatever precision the network ran in."""
     return t if t.dtype == torch.float64 else t.float()
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """bf16/fp16 network outputs (under autocast) become float32; float32 and float64 stay."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def softplus_sum(t: Tensor) -> Tensor:
@@ -43,8 +50,18 @@ def softplus_sum(t: Tensor) -> Tensor:
     return out
 
 
-def _noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+def _noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None, batch_dim: int = 0) -> Tensor:
+    """N(0, 1) noise for a batch; under a sharded step, this rank's rows of the global batch's noise
+    (``vaekit.sharding``), so the numbers do not depend on how the batch is split across ranks."""
+    return sharding.draw(lambda s: torch.randn(s, generator=generator, device=like.device, dtype=like.dtype),
+                         shape, batch_dim)
+
+
+def _batch_dim(t: Tensor, event_ndim: int, leading: int = 0) -> int:
+    """The dimension of a draw that indexes examples: the last batch dimension of ``t``, after
+    ``leading`` extra sample dimensions (-1 when ``t`` has no batch dimension)."""
+    batch_ndim = t.dim() - event_ndim
+    return batch_ndim - 1 + leading if batch_ndim > 0 else -1
 
 
 class DiagonalGaussian:
@@ -54,8 +71,9 @@ class DiagonalGaussian:
     """
 
     def __init__(self, mean: Tensor, logvar: Tensor, event_ndim: int | None = None) -> None:
-        self.mean = mean
-        self.logvar = logvar
+        # an encoder run under bf16/fp16 autocast still gets its KL, log densities and samples in fp32
+        self.mean = _at_least_fp32(mean)
+        self.logvar = _at_least_fp32(logvar)
         self.event_ndim = mean.dim() - 1 if event_ndim is None else event_ndim
 
     @property
@@ -78,7 +96,7 @@ class DiagonalGaussian:
         With ``n``, returns [n, *mean.shape].
         """
         shape = self.mean.shape if n is None else torch.Size((n, *self.mean.shape))
-        eps = _noise(shape, self.mean, generator)
+        eps = _noise(shape, self.mean, generator, _batch_dim(self.mean, self.event_ndim, 0 if n is None else 1))
         std = self.std if temperature == 1.0 else temperature * self.std
         return self.mean + std * eps
 
@@ -212,7 +230,8 @@ class Normal(LocationScale):
     """Gaussian: -log p = (x - loc)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2 per element."""
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return self.loc + self.scale * _noise(self.loc.shape, self.loc, generator)
+        eps = _noise(self.loc.shape, self.loc, generator, _batch_dim(self.loc, self.event_ndim))
+        return self.loc + self.scale * eps
 
     def element_log_prob(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
         return -0.5 * ((x - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
@@ -222,7 +241,8 @@ class Laplace(LocationScale):
     """Laplace: -log p = |x - loc| / b + log(2b) per element."""
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype) - 0.5
+        u = sharding.draw(lambda s: torch.rand(s, generator=generator, device=self.loc.device, dtype=self.loc.dtype),
+                          self.loc.shape, _batch_dim(self.loc, self.event_ndim)) - 0.5
         return self.loc - self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
 
     def element_log_prob(self, x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:

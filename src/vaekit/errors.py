@@ -7,6 +7,10 @@ class VaekitError(Exception):
     """A problem with the user's input (a path, a file, a field or a value), stated in one line."""
 
 
+class AgreedError(VaekitError):
+    """A user error that every rank of a torchrun job raises together (printed once, by rank 0)."""
+
+
 class TrainingStopped(Exception):
     """Training ended early for a reason the user must know (divergence); exit code 1."""
 

@@ -49,7 +49,19 @@ class StepContext(Protocol):
     def optimize(self, name: str, loss: Tensor) -> bool:
         """Backpropagate ``loss`` and step optimizer ``name`` (with clipping, skipping of
         non-finite or exploding updates, and gradient accumulation); returns whether parameters
-        were updated."""
+        were updated. ``loss`` is a mean over the batch's examples (on N ranks: over this rank's
+        rows; the trainer makes the gradient the global batch's)."""
+        ...
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every rank's rows of a per-example tensor [b, ...], in rank order (gradients flow back to
+        each rank's rows); ``t`` itself in one process. For losses that are not a mean over
+        examples (a minibatch estimator over the whole batch)."""
+        ...
+
+    def batch_mean(self, t: Tensor) -> Tensor:
+        """The global batch's mean of a value computed as a mean over this rank's rows (e.g. a
+        gradient of such a mean); ``t`` itself in one process. Not differentiable."""
         ...
 
 

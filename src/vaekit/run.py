@@ -97,9 +97,9 @@ def write_run_config(run: str | Path, cfg: RunConfig) -> None:
     write_json(Path(run) / CONFIG, cfg.to_json())
 
 
-def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
-    """Make RUN ready for a new run. An existing non-empty directory needs ``overwrite``, and is
-    only ever cleared if it is a vaekit run."""
+def check_run_dir(run: str | Path, *, overwrite: bool) -> None:
+    """Whether RUN may receive a new run: an existing non-empty directory needs ``overwrite``, and is
+    only ever cleared if it is a vaekit run. Changes nothing."""
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise VaekitError(f"{run}: exists and is not a directory")
@@ -108,6 +108,13 @@ def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
             raise VaekitError(f"{run}: already exists; pass --overwrite to replace it or --resume to continue it")
         if not is_run(run):
             raise VaekitError(f"{run}: is not empty and not a vaekit run; refusing to delete it")
+
+
+def prepare_run_dir(run: str | Path, *, overwrite: bool) -> Path:
+    """Make RUN ready for a new run (see ``check_run_dir``)."""
+    run = Path(run)
+    check_run_dir(run, overwrite=overwrite)
+    if run.exists() and any(run.iterdir()):
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run
@@ -156,14 +163,23 @@ def build_model(cfg: RunConfig):
     return model
 
 
-def load(run: str | Path, device: str | None = None):
-    """The trained model of RUN, in eval mode: ``encode(x)``, ``decode(z)``, ``sample(n)``."""
-    return open_run(run, device)[1]
+def load(run: str | Path, device: str | None = None, precision: str = "auto"):
+    """The trained model of RUN, in eval mode: ``encode(x)``, ``decode(z)``, ``sample(n)``.
+
+    ``precision`` is what inference runs in (``VAE.set_precision``): auto (the default: bf16 where
+    the device runs it faster, else fp32), fp32, bf16, or fp16 on CUDA. Never needs a process group.
+    """
+    return open_run(run, device, precision)[1]
 
 
-def open_run(run: str | Path, device: str | None = None):
+def open_run(run: str | Path, device: str | None = None, precision: str = "fp32"):
     """(RunConfig, the trained model in eval mode) of RUN. A model that belongs to another run (a
-    latent-diffusion model and its VAE) opens that run through this function too."""
+    latent-diffusion model and its VAE) opens that run through this function too (in fp32: the
+    latents a diffusion model trains on must not depend on the machine). ``precision`` applies to
+    models with an inference precision (``set_precision``: the VAEs)."""
+    from vaekit.precision import check_precision
+
+    check_precision(precision)
     run = Path(run)
     cfg = read_run_config(run)
     model = build_model(cfg)
@@ -171,4 +187,6 @@ def open_run(run: str | Path, device: str | None = None):
     load_state_strict(model, tensors, str(run / WEIGHTS))
     if device is not None:
         model.to(device)
+    if hasattr(model, "set_precision"):
+        model.set_precision(precision)
     return cfg, model.eval()

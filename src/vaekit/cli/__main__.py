@@ -1,7 +1,5 @@
 """``python -m vaekit.cli``: the same as the ``vaekit`` command."""
 
-import sys
+from vaekit.cli.main import run
 
-from vaekit.cli.main import main
-
-sys.exit(main())
+run()

@@ -29,7 +29,7 @@ class FitPriorCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from vaekit.evaluation.aggregate import fit_gmm_prior
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         fitted = fit_gmm_prior(args.run, model, run_data(cfg).train, args.components, args.covariance,
                                args.max_examples, args.seed)
         if args.json:
@@ -66,7 +66,7 @@ class DisentanglementCommand(Command):
         from vaekit.viz.grid import save_png
         from vaekit.viz.pictures import traversals
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         data = run_data(cfg)
         dataset = getattr(data.train, "dataset", None)
         if dataset is None or not hasattr(dataset, "images_for"):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ class Command:
 
     name: str = ""
     help: str = ""
+    distributed: bool = False  # runs under torchrun with several processes (train, evaluate)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -39,5 +41,6 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2)."""
 
     def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank fails alike: rank 0 says it
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)

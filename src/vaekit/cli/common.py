@@ -27,16 +27,22 @@ def add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, metavar="RUN", help="a run directory written by 'vaekit train'")
 
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="inference precision: auto (default: bf16 on a CPU with AMX or a GPU with bf16, else "
+                             "fp32), fp32, bf16, or fp16 (CUDA)")
 
 
-def open_run(run: Path, device: str = "cpu"):
-    """(RunConfig, model in eval mode)."""
+def open_run(run: Path, device: str = "cpu", precision: str = "auto"):
+    """(RunConfig, model in eval mode, running inference in ``precision``)."""
     from vaekit.run import load, read_run_config
 
     cfg = read_run_config(run)
-    return cfg, load(run, device=check_device(device))
+    return cfg, load(run, device=check_device(device), precision=precision)
 
 
 def run_data(cfg):

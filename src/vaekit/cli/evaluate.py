@@ -16,7 +16,8 @@ from vaekit.evaluation.runs import LIKELIHOOD_KEYS as KEYS
 @command("evaluate")
 class EvaluateCommand(Command):
     help = "measure a run on held-out data (nats per example and the importance-weighted NLL; PSNR/SSIM/LPIPS " \
-           "for image autoencoders)"
+           "for image autoencoders; several processes: torchrun -m vaekit evaluate ...)"
+    distributed = True
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_run(p)
@@ -40,12 +41,18 @@ class EvaluateCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from vaekit.evaluation.runs import EvaluationRequest, evaluate_run
+        from vaekit.training import distributed
 
-        cfg, model = open_run(args.run, args.device)
+        world = distributed.setup()  # under torchrun the ranks share the held-out examples
+        with distributed.agreement(world):
+            device = distributed.rank_device(args.device, world)
+            cfg, model = open_run(args.run, device, args.precision)
         request = EvaluationRequest(split=args.split, data=args.data, iw=args.iw, batch_size=args.batch_size,
                                     lpips_net=None if args.lpips_net == "none" else args.lpips_net,
-                                    tiled=args.tiled, grid=args.grid, seed=args.seed, device=args.device)
+                                    tiled=args.tiled, grid=args.grid, seed=args.seed, device=device)
         values, keys = evaluate_run(args.run, cfg, model, request)
+        if not world.writer:  # rank 0 reports for the job
+            return 0
         if args.json:
             print(json.dumps({k: values[k] for k in keys}))
             return 0

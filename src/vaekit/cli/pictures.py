@@ -37,7 +37,7 @@ class PictureCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from vaekit.viz.grid import save_png
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         data = run_data(cfg).split(args.split) if self.uses_split else None
         out = args.out if args.out is not None else args.run / self.default_name
         print(save_png(self.draw(model, cfg, data, args), out))
@@ -92,7 +92,7 @@ class ReconstructCommand(PictureCommand):
         from vaekit.viz.grid import save_png
         from vaekit.viz.pictures import reconstruct_file
 
-        _, model = open_run(args.run, args.device)
+        _, model = open_run(args.run, args.device, args.precision)
         out = args.out if args.out is not None else args.run / "reconstruction.png"
         print(save_png(reconstruct_file(model, args.image), out))
         return 0
@@ -151,7 +151,7 @@ class PlotCommand(Command):
         from vaekit.viz.grid import save_png
         from vaekit.viz.pictures import latent_scatter, loss_curves
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         out = args.out or args.run
         print(save_png(loss_curves(read_metrics(args.run)), out / "loss_curves.png"))
         data = run_data(cfg).split(args.split)

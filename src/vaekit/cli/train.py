@@ -59,7 +59,8 @@ FLAGS = [
     Flag("--kl-schedule", "training", "kl_schedule", str, "constant, linear or cyclical (Fu et al. 2019)"),
     Flag("--cycles", "training", "cycles", positive_int, "cyclical schedule: number of cycles (default 4)", "M"),
     Flag("--free-bits", "training", "free_bits", float, "free bits: at least L nats of KL per latent unit", "L"),
-    Flag("--precision", "training", "precision", str, "fp32 or bf16 (autocast)"),
+    Flag("--precision", "training", "precision", str, "auto (default: bf16 on a CPU with AMX or a GPU with bf16, "
+         "else fp32), fp32, bf16 (autocast), or fp16 (CUDA, with a gradient scaler)"),
     Flag("--device", "training", "device", str, "cpu, cuda or cuda:N"),
     Flag("--grad-clip", "training", "grad_clip", float, "clip the gradient norm (0: off)", "G"),
     Flag("--checkpoint-every", "training", "checkpoint_every", positive_int, "also checkpoint every N steps", "N"),
@@ -137,7 +138,8 @@ RESUMABLE = ("--epochs", "--max-minutes", "--lr", "--ema")
 
 @command("train")
 class TrainCommand(Command):
-    help = "train a VAE on a dataset, writing a run directory"
+    help = "train a VAE on a dataset, writing a run directory (several processes: torchrun -m vaekit train ...)"
+    distributed = True
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", help="digits | fashion-mnist[:DIR] | mnist[:DIR] | a directory of images | "
@@ -161,15 +163,27 @@ class TrainCommand(Command):
         p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     def run(self, args: argparse.Namespace) -> int:
-        log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        from vaekit.training import distributed
+
+        world = distributed.setup()  # under torchrun: join the job first, so that every check below is agreed
+        quiet = args.quiet or not world.writer
+        log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         progress = False if args.quiet else None
-        settings = self.settings(args)
+        with distributed.agreement(world):
+            settings = self.settings(args)
+            if args.resume:
+                self._check_resume(args, settings)
+            elif ("data", "spec") not in settings.origin:
+                raise VaekitError("--data is required (e.g. --data digits)")
         if args.resume:
-            return self._resume(args, settings, log, progress)
+            from vaekit.training.api import resume
+
+            resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, ema_decay=args.ema,
+                   progress=progress, log=log)
+            log(f"resumed and finished {args.out}")
+            return 0
         from vaekit.training.api import train
 
-        if ("data", "spec") not in settings.origin:
-            raise VaekitError("--data is required (e.g. --data digits)")
         train(args.out, settings=settings, overwrite=args.overwrite, progress=progress, log=log)
         log(f"wrote {args.out} (model.safetensors, config.json, metrics.jsonl)")
         return 0
@@ -194,12 +208,12 @@ class TrainCommand(Command):
                                 conditional=args.conditional, model_overrides=explicit["model"],
                                 data=explicit["data"], training=explicit["training"])
 
-    def _resume(self, args: argparse.Namespace, settings, log, progress) -> int:
+    @staticmethod
+    def _check_resume(args: argparse.Namespace, settings) -> None:
         """The command that started the run, plus --resume: re-stated settings must equal the saved
         ones; only the RESUMABLE flags may change."""
         from vaekit.run import read_run_config
         from vaekit.settings import restated_conflicts
-        from vaekit.training.api import resume
 
         if args.overwrite:
             raise VaekitError("--overwrite replaces a run and --resume continues it; pass one of them")
@@ -211,10 +225,6 @@ class TrainCommand(Command):
             raise VaekitError(f"--resume: {flag_name(c)} differs from the run's saved setting: {args.out} was "
                               f"trained with {_show(c.saved)}, this command gives {_show(c.new)}{more}; drop it "
                               f"or start a new run (only {', '.join(RESUMABLE)} may change)")
-        resume(args.out, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr, ema_decay=args.ema,
-               progress=progress, log=log)
-        log(f"resumed and finished {args.out}")
-        return 0
 
 
 def flag_name(conflict) -> str:

@@ -14,7 +14,7 @@ from vaekit.errors import VaekitError
 def _load(run: str | Path):
     from vaekit.run import load
 
-    return load(run, device="cpu")
+    return load(run, device="cpu", precision="fp32")  # the coder runs its own float64 copy: no inference autocast
 
 
 def summary(info: dict, size: int, seconds: float | None = None) -> dict:

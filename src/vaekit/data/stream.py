@@ -3,7 +3,8 @@ folders of large photos for the KL autoencoder, random crops of a few big images
 
 Training streams take a random crop (after resizing the shorter side to the resolution, unless
 ``resize`` is off) and a random horizontal flip for every example, drawing the offsets from torch's
-global generator in the main thread, so runs are reproducible and resume exactly. Held-out streams
+global generator in the main thread, so runs are reproducible and resume exactly (and, on N ranks,
+are the draws one process makes). Held-out streams
 take the centre crop, or, when they serve more examples than they have images, a crop fixed by
 (seed, index). Files are decoded by a small thread pool (Pillow releases the GIL).
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaekit import sharding
 from vaekit.data.images import open_image, to_mode
 
 
@@ -51,7 +53,9 @@ class ImageStream:
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         idx = index.tolist()
         # per example: vertical and horizontal crop position in [0, 1), and a flip flag
-        draws = torch.rand(len(idx), 3).tolist() if self.augment else [self._fixed_draw(i) for i in idx]
+        # (a sharded step draws the global batch's offsets and keeps its rows: vaekit.sharding)
+        draws = sharding.draw(torch.rand, (len(idx), 3), 0).tolist() if self.augment \
+            else [self._fixed_draw(i) for i in idx]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
         arrays = list(self._pool.map(self._example, idx, draws))

@@ -70,10 +70,14 @@ def ssim(x: Tensor, y: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
 def evaluate_images(model, data, batch_size: int = 16, lpips_net: str | None = "vgg", tiled: bool = False,
                     device: str | torch.device = "cpu", seed: int = 0) -> tuple[ImageEvaluation, Tensor, Tensor]:
     """Metrics over ``data`` (ArrayData or ImageStream, images in the model's input range), plus the
-    first inputs and reconstructions (for a grid)."""
+    first inputs and reconstructions (for a grid). Under torchrun the ranks share the batches (as
+    ``evaluate`` does) and every rank returns the totals; the grid shows this rank's first images."""
+    from vaekit import sharding
     from vaekit.runtime import tune_cpu
+    from vaekit.training import distributed
 
     tune_cpu()
+    world = distributed.setup()  # under torchrun: the job's ranks share the work
     model.eval()
     lo, hi = model.input_range
     lp = None
@@ -81,30 +85,29 @@ def evaluate_images(model, data, batch_size: int = 16, lpips_net: str | None = "
         from vaekit.perceptual import load_lpips
 
         lp = load_lpips(lpips_net, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    totals = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0, "kl": 0.0}
-    z_sum = z_sq = 0.0
-    z_count = 0
+    gen = torch.Generator(device=device)
+    # psnr, ssim, lpips, kl, then the latents' sum, sum of squares and count
+    totals = torch.zeros(7, dtype=torch.float64)
     shown_x, shown_r = [], []
     n = len(data)
-    for start in range(0, n, batch_size):
-        x, _ = data.batch(torch.arange(start, min(start + batch_size, n)))
+    for chunk in distributed.chunks(n, batch_size, seed, world):
+        gen.manual_seed(chunk.seed)
+        x, _ = data.batch(chunk.index)
         x = x.to(device)
-        q = model.encode_tiled(x) if tiled else model.encode(x)
-        xr = (model.decode_tiled(q.mode()) if tiled else model.decode(q.mode())).clamp(lo, hi)
+        with sharding.rows(*chunk.rows):
+            q = model.encode_tiled(x) if tiled else model.encode(x)
+            xr = (model.decode_tiled(q.mode()) if tiled else model.decode(q.mode())).clamp(lo, hi)
+            z = q.sample(generator=gen).double()
         unit_x, unit_r = (x - lo) / (hi - lo), (xr - lo) / (hi - lo)
-        totals["psnr"] += float(psnr(unit_x, unit_r).sum())
-        totals["ssim"] += float(ssim(unit_x, unit_r).sum())
-        if lp is not None:
-            totals["lpips"] += float(lp(unit_x * 2 - 1, unit_r * 2 - 1).sum())
-        totals["kl"] += float((q.kl() / math.prod(q.mean.shape[1:])).sum())
-        z = q.sample(generator=gen).double()
-        z_sum += float(z.sum())
-        z_sq += float((z * z).sum())
-        z_count += z.numel()
+        lpips_sum = lp(unit_x * 2 - 1, unit_r * 2 - 1).sum() if lp is not None else torch.zeros(())
+        parts = [psnr(unit_x, unit_r).sum(), ssim(unit_x, unit_r).sum(), lpips_sum,
+                 (q.kl() / math.prod(q.mean.shape[1:])).sum(), z.sum(), (z * z).sum(), torch.tensor(float(z.numel()))]
+        totals += torch.stack([p.double().cpu() for p in parts])
         if sum(len(s) for s in shown_x) < 8:
             shown_x.append(x.cpu())
             shown_r.append(xr.cpu())
+    psnr_sum, ssim_sum, lpips_total, kl_sum, z_sum, z_sq, z_count = distributed.all_reduce_sum(totals, world).tolist()
+    totals = {"psnr": psnr_sum, "ssim": ssim_sum, "lpips": lpips_total, "kl": kl_sum}
     mean = z_sum / z_count
     std = math.sqrt(max(z_sq / z_count - mean**2, 0.0))
     result = ImageEvaluation(

@@ -12,16 +12,19 @@ with published figures.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from vaekit import sharding
 from vaekit.data import ArrayData
 from vaekit.elbo import bits_per_dim, elbo_parts
 from vaekit.errors import VaekitError
 from vaekit.runtime import tune_cpu
+from vaekit.training import distributed
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: unit i is active if Var_x(E_q[z_i | x]) > 0.01
 
@@ -58,18 +61,25 @@ def log_likelihood(
     """
     if k < 1:
         raise VaekitError(f"the number of importance samples (--iw) must be >= 1, got {k}")
-    if posterior is None:
-        posterior = model.encode(x, y)
-    n = x.shape[0]
-    chunk = max(1, batch_size // n)
-    weights = []
-    done = 0
-    while done < k:
-        kc = min(chunk, k - done)
-        weights.append(model.log_importance_weights(x, y, posterior, kc, generator=generator))  # [kc, n]
-        done += kc
+    with estimator_precision(model):
+        if posterior is None:
+            posterior = model.encode(x, y)
+        n = sharding.global_rows(x.shape[0])  # on N ranks, the chunk's global rows set the sample chunks
+        chunk = max(1, batch_size // n)
+        weights = []
+        done = 0
+        while done < k:
+            kc = min(chunk, k - done)
+            weights.append(model.log_importance_weights(x, y, posterior, kc, generator=generator))  # [kc, n]
+            done += kc
     log_w = torch.cat(weights).double()
     return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+
+def estimator_precision(model) -> contextlib.AbstractContextManager:
+    """What the likelihood estimator runs in: fp32 under ``auto`` (``VAE.likelihood_precision``)."""
+    method = getattr(model, "likelihood_precision", None)
+    return method() if method is not None else contextlib.nullcontext("fp32")
 
 
 @torch.no_grad()
@@ -78,42 +88,57 @@ def evaluate(
 ) -> Evaluation:
     """ELBO parts, the K-sample importance-weighted NLL, bits/dim and active units on ``data``.
 
-    ``batch_size`` bounds the number of decoded rows (examples x samples) held at once.
+    ``batch_size`` bounds the number of decoded rows (examples x samples) held at once. Each chunk
+    of examples has its own seed (derived from ``seed``), so under torchrun the ranks share the
+    chunks (each chunk's rows, or whole chunks when it has fewer rows than ranks) and the totals
+    are the numbers one process gets.
     """
     if k < 1:
         raise VaekitError(f"the number of importance samples (--iw) must be >= 1, got {k}")
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
     tune_cpu()
+    world = distributed.setup()  # under torchrun: the job's ranks share the work
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device)
     n = len(data)
+    if n == 0:
+        raise VaekitError("nothing to evaluate: the data has no examples")
     per_batch = max(1, min(n, batch_size // k if k <= batch_size else 1, 4096))
-    totals = {"recon": 0.0, "kl": 0.0, "elbo": 0.0, "ll": 0.0}
-    layer_kl = None
-    means: list[list[Tensor]] = []
     hierarchical = getattr(model, "hierarchical", False)
-    for start in range(0, n, per_batch):
-        index = torch.arange(start, min(start + per_batch, n))
-        x, y = data.batch(index)
+    totals = torch.zeros(4, dtype=torch.float64)  # recon, kl, elbo, log-likelihood
+    layer_kl: Tensor | None = None
+    means: list[list[Tensor]] = []
+    for chunk in distributed.chunks(n, per_batch, seed, world):
+        gen.manual_seed(chunk.seed)
+        x, y = data.batch(chunk.index)
         x = x.to(device)
         y = None if y is None else y.to(device)
-        layers = model.layer_means(x) if hierarchical else [model.encode(x, y).mean]
-        means.append([m.flatten(1).double().cpu() for m in layers])
-        parts = elbo_parts(model, model(x, y, generator=gen), x)
-        for name in ("recon", "kl", "elbo"):
-            totals[name] += float(parts[name].double().sum())
+        with sharding.rows(*chunk.rows), estimator_precision(model):  # this rank's rows of the chunk's noise
+            layer_means = model.layer_means(x) if hierarchical else [model.encode(x, y).mean]
+            means.append([m.flatten(1).double().cpu() for m in layer_means])
+            parts = elbo_parts(model, model(x, y, generator=gen), x)
+            ll = log_likelihood(model, x, y, k, batch_size, gen)
+        totals += torch.stack([parts[name].double().sum().cpu() for name in ("recon", "kl", "elbo")]
+                              + [ll.double().sum().cpu()])
         if hierarchical:
             s = parts["kl_terms"].double().sum(0).cpu()
             layer_kl = s if layer_kl is None else layer_kl + s
-        totals["ll"] += float(log_likelihood(model, x, y, k, batch_size, gen).sum())
+    totals = distributed.all_reduce_sum(totals, world)
+    # the latent layers' widths, from rank 0 (which always has rows; another rank may have none)
+    widths = [int(w) for w in distributed.broadcast_text(",".join(str(m.shape[1]) for m in means[0]) if means
+                                                          else "", world).split(",")]
+    if hierarchical:
+        layer_kl = distributed.all_reduce_sum(layer_kl if layer_kl is not None
+                                              else torch.zeros(len(widths), dtype=torch.float64), world)
     dims = math.prod(data.shape)
-    nll = -totals["ll"] / n
-    per_layer = [active_units(torch.cat([m[i] for m in means])) for i in range(len(means[0]))]
+    recon, kl, elbo, ll_total = totals.tolist()
+    nll = -ll_total / n
+    per_layer = sharded_active_units(means, n, world, widths)
     return Evaluation(
-        elbo=totals["elbo"] / n,
-        recon=totals["recon"] / n,
-        kl=totals["kl"] / n,
+        elbo=elbo / n,
+        recon=recon / n,
+        kl=kl / n,
         nll=nll,
         bits_per_dim=bits_per_dim(nll, dims),
         active_units=sum(per_layer),
@@ -127,6 +152,19 @@ def evaluate(
 def active_units(mu: Tensor) -> int:
     """Units whose posterior mean varies across the data: Var_x(E_q[z_i|x]) > 0.01 (Burda et al.)."""
     return int((mu.var(dim=0, unbiased=False) > ACTIVE_THRESHOLD).sum()) if len(mu) > 1 else 0
+
+
+def sharded_active_units(means: list[list[Tensor]], n: int, world, widths: list[int]) -> list[int]:
+    """``active_units`` per layer (of ``widths`` units) over every rank's posterior means (each rank
+    holds some rows, maybe none): the mean, then the variance around it, each summed over the ranks
+    (two passes in float64, as ``Tensor.var`` computes it in one process)."""
+    out = []
+    for i, width in enumerate(widths):
+        mu = torch.cat([m[i] for m in means]) if means else torch.zeros(0, width, dtype=torch.float64)
+        center = distributed.all_reduce_sum(mu.sum(0), world) / n
+        var = distributed.all_reduce_sum(((mu - center) ** 2).sum(0), world) / n
+        out.append(int((var > ACTIVE_THRESHOLD).sum()) if n > 1 else 0)
+    return out
 
 
 @torch.no_grad()

@@ -76,8 +76,11 @@ def _images(run: Path, cfg, model, req: EvaluationRequest) -> tuple[dict, tuple[
     data = folder_data(req.data, cfg) if req.data is not None else run_split(cfg, req.split)
     result, shown, recon = evaluate_images(model, data, batch_size=req.batch_size or 8, lpips_net=req.lpips_net,
                                            tiled=req.tiled, device=req.device, seed=req.seed)
-    grid = image_grid(torch.cat([shown, recon]), nrow=len(shown), value_range=model.input_range)
-    save_png(grid, req.grid or run / "eval_grid.png")
+    from vaekit.training.distributed import current
+
+    if current().writer:  # under torchrun: rank 0's first images
+        grid = image_grid(torch.cat([shown, recon]), nrow=len(shown), value_range=model.input_range)
+        save_png(grid, req.grid or run / "eval_grid.png")
     return result.as_dict(), IMAGE_KEYS
 
 

@@ -22,7 +22,7 @@ def export_diffusers(run: str | Path, out: str | Path, overwrite: bool = False) 
     from vaekit.interop.diffusers_format import write_diffusers_folder
     from vaekit.run import load
 
-    model = load(run)
+    model = load(run, precision="fp32")  # exported weights stay float32
     if getattr(model, "name", "") == "latent-diffusion":
         from vaekit.interop.diffusers_pipeline import write_ldm_pipeline
 

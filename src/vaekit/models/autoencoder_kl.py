@@ -10,6 +10,7 @@ in [-1, 1].
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -273,6 +274,7 @@ class AutoencoderKL(VAE):
     input_range = (-1.0, 1.0)
     evaluator = "images"
     data_defaults: ClassVar[dict] = {"augment": True}  # image folders: random crops and flips, streamed
+    channels_last: ClassVar[bool] = True  # the trainer keeps it channels-last under autocast (faster convolutions)
 
     def __init__(self, config: AutoencoderKLConfig) -> None:
         super().__init__(config)
@@ -303,8 +305,38 @@ class AutoencoderKL(VAE):
         side = cfg.sample_size // cfg.downsample_factor
         return (cfg.latent_channels, side, side)
 
+    def set_precision(self, precision: str = "auto") -> AutoencoderKL:
+        """As ``VAE.set_precision``; in bf16, inference runs on a bfloat16 copy of the weights in
+        channels-last layout instead of under autocast (on an AMX CPU an SD-layout encode+decode at
+        256^2 took 2.9 s this way, 6.6 s under bf16 autocast, 8.5 s in fp32). The model's own weights
+        (its state_dict) stay float32; the copy is remade when they change; images and latents come
+        back in float32."""
+        super().set_precision(precision)
+        self.__dict__["_twin"] = None
+        if self.inference_precision == "bf16":
+            self.__dict__["_autocast_dtype"] = None  # the copy is bf16 itself: nothing to autocast
+            self.__dict__["_twin"] = (None, None)  # (copy, the weights' version it was made from)
+        return self
+
+    def _bf16_twin(self) -> AutoencoderKL | None:
+        """The bf16 channels-last copy inference runs on (None: run this model itself)."""
+        twin = self.__dict__.get("_twin")
+        if twin is None or self.training or self.__dict__.get("_exact", False) \
+                or torch.is_autocast_enabled(self._device().type):
+            return None
+        copy, made_from = twin
+        version = (self._device(), sum(p._version for p in self.parameters()))
+        if copy is None or made_from != version:
+            self.__dict__["_twin"] = None  # not deep-copied into the copy
+            copy = deepcopy(self).to(torch.bfloat16, memory_format=torch.channels_last).eval()
+            self.__dict__["_twin"] = (copy, version)
+        return copy
+
     def moments(self, x: Tensor) -> Tensor:
         """Encoder output after quant_conv: [B, 2 * latent, h, w] (mean and logvar stacked)."""
+        twin = self._bf16_twin()
+        if twin is not None:
+            return twin.moments(x.to(torch.bfloat16, memory_format=torch.channels_last)).float()
         m = self.encoder(x)
         return m if self.quant_conv is None else self.quant_conv(m)
 
@@ -314,6 +346,9 @@ class AutoencoderKL(VAE):
         return mean, logvar
 
     def decoder_output(self, z: Tensor, c: Tensor | None) -> Tensor:
+        twin = self._bf16_twin()
+        if twin is not None:
+            return twin.decoder_output(z.to(torch.bfloat16, memory_format=torch.channels_last), c).float()
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)

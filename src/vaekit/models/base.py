@@ -10,7 +10,9 @@ conditional model, or None.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
@@ -29,6 +31,39 @@ LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers does: keeps exp(logvar) finite in a
 # (VDVAE's skip, scale-free). A one-sample KL against a learned conditional prior can be finite but
 # astronomical when that prior's variance has shrunk.
 SKIP_EXPLODING: Mapping = MappingProxyType({"grad_clip": 200.0, "grad_skip": 10.0})  # shared: read-only
+# the methods inference runs through; in eval mode they take the model's inference precision (set_precision)
+INFERENCE_METHODS = ("forward", "encode", "decode", "observation", "sample", "importance_terms",
+                     "log_importance_weights", "layer_means", "encode_tiled", "decode_tiled")
+
+
+def _to_fp32(out):
+    """bf16/fp16 tensors (or tuples of them) that leave an inference method become float32."""
+    if isinstance(out, Tensor):
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    if isinstance(out, tuple):
+        return tuple(_to_fp32(o) for o in out)
+    return out
+
+
+def in_inference_precision(fn):
+    """Run ``fn`` under the model's inference autocast (``VAE.set_precision``) when the model is in
+    eval mode and no autocast is active yet (training steps and validation bring their own)."""
+    if getattr(fn, "_inference_precision", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        dtype = self.__dict__.get("_autocast_dtype")
+        if dtype is None or self.training or self.__dict__.get("_exact", False):
+            return fn(self, *args, **kwargs)
+        device = self._device().type
+        if torch.is_autocast_enabled(device):
+            return fn(self, *args, **kwargs)
+        with torch.autocast(device, dtype=dtype):
+            return _to_fp32(fn(self, *args, **kwargs))
+
+    run._inference_precision = True
+    return run
 
 
 @dataclass(frozen=True)
@@ -92,9 +127,16 @@ class VAE(nn.Module):
     training_defaults: ClassVar[Mapping] = {}  # likewise for TrainConfig
     hierarchical: ClassVar[bool] = False  # several stochastic layers: KL and active units per layer
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in INFERENCE_METHODS:  # overrides run in the inference precision too
+            if callable(cls.__dict__.get(name)):
+                setattr(cls, name, in_inference_precision(cls.__dict__[name]))
+
     def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()
         self.config = config
+        self.inference_precision = "fp32"  # what encode/decode/... run in, in eval mode (set_precision)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, config.sigma_mode, config.sigma)
         if getattr(config, "prior", "standard") != "standard":
             from vaekit.models.priors import PRIORS
@@ -204,6 +246,37 @@ class VAE(nn.Module):
         decoder = list(self.decoder.parameters()) + list(self.likelihood.parameters())
         return {"all": list(self.parameters()), "decoder": decoder, "encoder": list(self.encoder.parameters())}
 
+    def set_precision(self, precision: str = "auto") -> VAE:
+        """Run inference (the model in eval mode: encode, decode, sample, the estimator's importance
+        weights, tiling) in ``precision``: auto (bf16 where the device runs it faster, see
+        ``vaekit.precision``), fp32, bf16, or fp16 (CUDA). Weights stay float32 (bf16 autocast) and
+        outputs come back in float32; densities are computed in float32. Returns the model."""
+        from vaekit.precision import resolve_precision
+
+        chosen = resolve_precision(precision, self._device())
+        self.inference_precision = chosen.name
+        self.__dict__["_autocast_dtype"] = chosen.dtype
+        self.__dict__["_precision_request"] = precision
+        return self
+
+    @contextlib.contextmanager
+    def likelihood_precision(self) -> Iterator[str]:
+        """The precision the importance-weighted likelihood runs in: fp32 when ``auto`` chose bf16
+        (an explicit bf16 or fp16 is honoured). With bf16 decoder outputs (about three significant
+        digits per logit) the estimate of log p(x) for a 784-pixel image moved by up to 1.1 nats and by
+        0.17 nats on average (500 Fashion-MNIST test images, K = 1000), and on an AMX CPU it was not
+        faster: the product runs 5x faster, but casting the [K x 784] logits back to fp32 for the
+        densities costs more. Yields the precision in use."""
+        auto = self.__dict__.get("_precision_request") == "auto" and self.inference_precision != "fp32"
+        if not auto:
+            yield self.inference_precision
+            return
+        self.__dict__["_exact"] = True
+        try:
+            yield "fp32"
+        finally:
+            self.__dict__["_exact"] = False
+
     # -- what objectives and the estimator use --------------------------------------------------
     def kl_terms(self, out: VAEOutput) -> Tensor:
         """KL(q(z|x) || p(z)) in groups, [B, G]; the sum over G is the KL of the ELBO. Analytic per
@@ -254,3 +327,8 @@ class VAE(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+
+
+for _name in INFERENCE_METHODS:  # the base class's own methods
+    if callable(VAE.__dict__.get(_name)):
+        setattr(VAE, _name, in_inference_precision(VAE.__dict__[_name]))

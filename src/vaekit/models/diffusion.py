@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaekit import sharding
 from vaekit.config import check
 from vaekit.errors import VaekitError
 from vaekit.models.denoisers import ResidualMLP, UNet
@@ -203,13 +204,16 @@ class DiffusionModel(nn.Module):
         """Labels with a fraction ``class_dropout`` replaced by the null label (for guidance)."""
         if not self.config.conditional:
             return None
-        drop = torch.rand(y.shape, device=y.device) < self.config.class_dropout
+        drop = sharding.draw(lambda s: torch.rand(s, device=y.device), y.shape, 0) < self.config.class_dropout
         return torch.where(drop, torch.full_like(y, self.config.num_classes), y)
 
     def denoising_loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         """Per-example mean squared error of the prediction, [B], at random timesteps and noise."""
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.randint(0, self.config.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+        # drawn for the global batch when the batch is sharded over ranks (vaekit.sharding)
+        noise = sharding.draw(lambda s: torch.randn(s, generator=generator, device=x0.device, dtype=x0.dtype),
+                              x0.shape, 0)
+        t = sharding.draw(lambda s: torch.randint(0, self.config.timesteps, s, generator=generator, device=x0.device),
+                          (x0.shape[0],), 0)
         pred = self(self.add_noise(x0, noise, t), t, y)
         return F.mse_loss(pred.float(), self.target(x0, noise, t).float(), reduction="none").flatten(1).mean(1)
 

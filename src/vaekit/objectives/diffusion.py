@@ -5,7 +5,8 @@ the training timesteps, x_t from the model's noise schedule, and the target eps 
 ``class_dropout`` of the labels is replaced by the null label, so one network learns both the
 conditional and the unconditional prediction that classifier-free guidance combines (Ho & Salimans
 2022). The noise, timesteps and dropped labels come from torch's global generator, so runs resume
-exactly.
+exactly; they are drawn for the global batch (``vaekit.sharding``), and the loss is a mean over
+examples of one size, so a run on N ranks is the run of one process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vaekit import sharding
 from vaekit.errors import VaekitError
 from vaekit.objectives.base import OBJECTIVES, Objective
 
@@ -38,8 +40,8 @@ class DiffusionLoss(Objective):
 
     def training_step(self, model, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         x0 = batch.x
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, model.config.timesteps, (x0.shape[0],), device=x0.device)
+        noise = sharding.draw(lambda s: torch.randn(s, device=x0.device, dtype=x0.dtype), x0.shape, 0)
+        t = sharding.draw(lambda s: torch.randint(0, model.config.timesteps, s, device=x0.device), (x0.shape[0],), 0)
         y = model.training_labels(batch.y)
         with ctx.autocast():
             pred = model(model.add_noise(x0, noise, t), t, y)

@@ -6,11 +6,15 @@
   weighted by ``tc_alpha``, ``beta`` and ``tc_gamma``. log q(z) and log q(z_d) use the minibatch-
   weighted sampling estimator: log q(z_i) ~ logsumexp_j log q(z_i|x_j) - log(B N), for batch size B
   and dataset size N. The KL-weight schedule scales all three terms; free bits floor the
-  dimension-wise KL per unit.
+  dimension-wise KL per unit. On N ranks j runs over the whole global batch (``ctx.gather``), so
+  the estimator, and the run, are those of one process.
 - ``factorvae`` (Kim & Mnih 2018): the ELBO plus ``factor_gamma`` x a discriminator's estimate of
   the TC, log D(z) / (1 - D(z)). The discriminator (an MLP, 6 x 1000 units) learns to tell codes
   z ~ q(z) from codes whose dimensions were shuffled independently across a second half-batch, with
   its own Adam optimizer; the trainer only runs the two optimizer steps this objective asks for.
+  On N ranks each rank splits its own share into the two halves, and the discriminator sees the
+  permuted codes of every rank's second half (``ctx.gather``): the same estimator, though not the
+  same halves as one process would take.
 """
 
 from __future__ import annotations
@@ -60,13 +64,13 @@ class BetaTCVAE(Objective):
         recon = -out.px.log_prob(batch.x).float()
         q = out.posterior
         z, mu, logvar = out.z.float(), q.mean.float(), q.logvar.float()
-        b = z.shape[0]
-        # log q(z_i | x_j) per dimension: [B (i), B (j), D]
-        mat = -0.5 * (LOG_2PI + logvar[None] + (z[:, None] - mu[None]) ** 2 * torch.exp(-logvar[None]))
-        norm = math.log(b * ctx.dataset_size)
+        mu_all, logvar_all = ctx.gather(mu), ctx.gather(logvar)  # the whole batch's q(z|x_j) (N ranks: all of them)
+        # log q(z_i | x_j) per dimension: [b (i, this rank's rows), B (j, the global batch), D]
+        mat = -0.5 * (LOG_2PI + logvar_all[None] + (z[:, None] - mu_all[None]) ** 2 * torch.exp(-logvar_all[None]))
+        norm = math.log(mu_all.shape[0] * ctx.dataset_size)
         log_qz = torch.logsumexp(mat.sum(-1), dim=1) - norm
-        log_qz_dims = torch.logsumexp(mat, dim=1) - norm  # [B, D]
-        log_qzx = mat.diagonal(dim1=0, dim2=1).T.sum(-1)  # [B]
+        log_qz_dims = torch.logsumexp(mat, dim=1) - norm  # [b, D]
+        log_qzx = (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))).sum(-1)  # [b]: the diagonal
         log_pz_dims = -0.5 * (LOG_2PI + z**2)
         mi = (log_qzx - log_qz).mean()
         tc = (log_qz - log_qz_dims.sum(-1)).mean()
@@ -104,6 +108,7 @@ def permute_dims(z: Tensor) -> Tensor:
 @OBJECTIVES.register("factorvae")
 class FactorVAE(Objective):
     name = "factorvae"
+    min_rows = 4  # rows per rank: two halves of at least two
 
     def __init__(self, model: VAE, config: TrainConfig) -> None:
         super().__init__(model, config)
@@ -135,11 +140,14 @@ class FactorVAE(Objective):
         loss = recon + ctx.kl_weight * free_bits_kl(parts["kl_terms"], cfg.free_bits) + cfg.factor_gamma * tc
         ctx.optimize("model", loss)
         with torch.no_grad():
-            z2 = permute_dims(model(x2, y2).z.float())
+            # the whole job's second halves, permuted together (one process: this batch's); every rank
+            # scores all of them, and the share-weighted gradients add up to the mean over them once
+            z2 = permute_dims(ctx.gather(model(x2, y2).z.float()))
         real = self.discriminator(out.z.detach().float())
         fake = self.discriminator(z2)
+        zeros = torch.zeros(len(real), dtype=torch.long, device=real.device)
         ones = torch.ones(len(fake), dtype=torch.long, device=fake.device)
-        d_loss = 0.5 * (F.cross_entropy(real, torch.zeros_like(ones)) + F.cross_entropy(fake, ones))
+        d_loss = 0.5 * (F.cross_entropy(real, zeros) + F.cross_entropy(fake, ones))
         ctx.optimize("disc", d_loss)
         accuracy = 0.5 * ((real.argmax(1) == 0).float().mean() + (fake.argmax(1) == 1).float().mean())
         return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),

@@ -10,6 +10,11 @@
 with a PatchGAN discriminator trained by the hinge loss 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))
 once ``disc_start`` optimizer steps have passed. The KL weight is ``beta`` (1e-6 by default here),
 and both optimizers are Adam(0.5, 0.9). Images are in [-1, 1].
+
+On N ranks the adaptive weight uses the global batch's gradient norms (``ctx.batch_mean``), and the
+discriminator's BatchNorm normalises with each rank's own batch statistics (as LDM's multi-GPU
+training did: no synchronised BatchNorm), its running statistics being rank 0's after each step;
+before ``disc_start`` a run on N ranks is the run of one process.
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ class LDMLoss(Objective):
         if disc_on:
             self.discriminator.requires_grad_(False)  # the generator step must not touch D
             g_loss = -self.discriminator(xr).mean()
-            d_weight = self.adaptive_weight(nll, g_loss, model.decoder.conv_out.weight) * cfg.disc_weight
+            last = model.decoder.conv_out.weight
+            d_weight = self.adaptive_weight(nll, g_loss, last, ctx.batch_mean) * cfg.disc_weight
             loss = loss + d_weight * cfg.disc_factor * g_loss
             self.discriminator.requires_grad_(True)
         ctx.optimize("model", loss)
@@ -104,10 +110,13 @@ class LDMLoss(Objective):
                 "logvar": self.logvar.detach().clone()}
 
     @staticmethod
-    def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor) -> Tensor:
-        """||grad nll|| / (||grad g_loss|| + 1e-4) at the decoder's last layer, clamped, detached."""
+    def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, batch_mean=None) -> Tensor:
+        """||grad nll|| / (||grad g_loss|| + 1e-4) at the decoder's last layer, clamped, detached.
+        ``batch_mean`` (``ctx.batch_mean``) turns this rank's gradients into the global batch's."""
         nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+        if batch_mean is not None:
+            nll_grad, g_grad = batch_mean(nll_grad), batch_mean(g_grad)
         return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     @torch.no_grad()

@@ -15,9 +15,19 @@ from vaekit.data import DataConfig, DataInfo
 from vaekit.errors import VaekitError
 from vaekit.objectives import OBJECTIVES
 from vaekit.registry import suggest
-from vaekit.run import CHECKPOINT, RunConfig, open_run, prepare_run_dir, read_run_config, write_run_config
+from vaekit.run import (
+    CHECKPOINT,
+    RunConfig,
+    check_run_dir,
+    open_run,
+    prepare_run_dir,
+    read_run_config,
+    write_run_config,
+)
 from vaekit.runtime import tune_cpu
 from vaekit.settings import RunSettings, resolve_settings
+from vaekit.training import distributed
+from vaekit.training.checkpoint import load_checkpoint
 from vaekit.training.config import TrainConfig
 from vaekit.training.trainer import Trainer
 
@@ -76,28 +86,36 @@ def train(
     its flags (defaults < the model's and objective's defaults < ``preset`` < ``config`` < the rest),
     so the same settings write the same config.json from Python and from the command line. Pass
     ``settings`` (an already resolved ``RunSettings``) instead of the individual layers to skip that.
+
+    Under torchrun (``torchrun --nproc-per-node N ...``) every process calls this with the same
+    arguments; they train together and rank 0 writes the run.
     """
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
-    if settings is None:
-        settings = resolve_settings(model=model, preset=preset, config=config, conditional=conditional,
-                                    model_overrides=model_overrides, data=data, training=training)
-    from vaekit.models import MODELS
+    world = distributed.setup()
+    with distributed.agreement(world):  # a user error on any rank stops every rank, before anything is written
+        if settings is None:
+            settings = resolve_settings(model=model, preset=preset, config=config, conditional=conditional,
+                                        model_overrides=model_overrides, data=data, training=training)
+        from vaekit.models import MODELS
 
-    data_cfg, train_cfg = settings.data, settings.training
-    splits = MODELS.get(settings.model).prepare_data(data_cfg, settings.model_overrides, None, open_run)
-    for note in splits.notes:
-        (log or print)(note)
-    model_cls, model_cfg = model_config_for(settings.model, settings.model_overrides, splits.info, settings.conditional)
-    check_compatible(model_cls, model_cfg, splits.info)
-    run_cfg = RunConfig(model_cls, model_cfg, data_cfg, splits.info, train_cfg)
-    torch.manual_seed(train_cfg.seed)
-    net = model_cls(model_cfg)
-    net.attach(open_run)
-    objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
-    # everything is validated: only now may an existing run be replaced
-    run_dir = prepare_run_dir(out, overwrite=overwrite)
-    write_run_config(run_dir, run_cfg)
-    trainer = Trainer(run_dir, net, objective, splits, train_cfg, progress=progress, log=log)
+        data_cfg, train_cfg = settings.data, settings.training
+        splits = MODELS.get(settings.model).prepare_data(data_cfg, settings.model_overrides, None, open_run)
+        model_cls, model_cfg = model_config_for(settings.model, settings.model_overrides, splits.info,
+                                                settings.conditional)
+        check_compatible(model_cls, model_cfg, splits.info)
+        run_cfg = RunConfig(model_cls, model_cfg, data_cfg, splits.info, train_cfg)
+        torch.manual_seed(train_cfg.seed)
+        net = model_cls(model_cfg)
+        net.attach(open_run)
+        objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
+        trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
+        check_run_dir(out, overwrite=overwrite)
+    # everything is validated: only now may an existing run be replaced (by rank 0 alone)
+    if world.writer:
+        for note in splits.notes:
+            (log or print)(note)
+        prepare_run_dir(out, overwrite=overwrite)
+        write_run_config(out, run_cfg)
     history = trainer.fit()
     return net.eval(), history
 
@@ -118,23 +136,29 @@ def resume(
     step decay; metrics.jsonl records the rate of every epoch), and optionally keeping a moving
     average of the weights from here on (``ema_decay``; 0 stops keeping one)."""
     tune_cpu()  # before any parallel torch op, so that worker threads inherit it
+    world = distributed.setup()
     out = Path(out)
-    cfg = read_run_config(out)
-    if not (out / CHECKPOINT).is_file():
-        raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
-    train_cfg = cfg.training
-    asked = (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr), ("ema_decay", ema_decay))
-    changes = {k: v for k, v in asked if v is not None}
-    if any(getattr(train_cfg, k) != v for k, v in changes.items()):
-        flags = ", ".join({"ema_decay": "--ema"}.get(k, "--" + k.replace("_", "-")) for k in changes)
-        train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
-        cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
+    with distributed.agreement(world):  # every rank validates; nothing is written before all agree
+        cfg = read_run_config(out)
+        if not (out / CHECKPOINT).is_file():
+            raise VaekitError(f"{out}: no {CHECKPOINT} to resume from")
+        train_cfg = cfg.training
+        asked = (("epochs", epochs), ("max_minutes", max_minutes), ("lr", lr), ("ema_decay", ema_decay))
+        changes = {k: v for k, v in asked if v is not None}
+        changed = any(getattr(train_cfg, k) != v for k, v in changes.items())
+        if changed:
+            flags = ", ".join({"ema_decay": "--ema"}.get(k, "--" + k.replace("_", "-")) for k in changes)
+            train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), **changes}, flags)
+            cfg = RunConfig(cfg.model_class, cfg.model, cfg.data, cfg.data_info, train_cfg)
+        splits = cfg.model_class.prepare_data(cfg.data, to_dict(cfg.model), cfg.data_info, open_run)
+        torch.manual_seed(train_cfg.seed)
+        net = cfg.model_class(cfg.model)
+        net.attach(open_run)
+        objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
+        trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
+        # the checkpoint must fit the run's model config (a config.json edited, or copied from another run)
+        trainer.restore(load_checkpoint(out / CHECKPOINT))
+    if changed and world.writer:
         write_run_config(out, cfg)
-    splits = cfg.model_class.prepare_data(cfg.data, to_dict(cfg.model), cfg.data_info, open_run)
-    torch.manual_seed(train_cfg.seed)
-    net = cfg.model_class(cfg.model)
-    net.attach(open_run)
-    objective = OBJECTIVES.get(train_cfg.objective)(net, train_cfg)
-    trainer = Trainer(out, net, objective, splits, train_cfg, progress=progress, log=log)
-    history = trainer.fit(resume=True)
+    history = trainer.fit()
     return net.eval(), history

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vaekit.config import check
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # vaekit.precision resolves auto for the device
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 TRAIN_PARTS = ("all", "decoder", "encoder")
 PIXEL_LOSSES = ("l1", "l2")
@@ -25,7 +25,7 @@ class TrainConfig:
     cycles: int = 4  # cyclical: number of cycles over the whole run
     cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent ramping up
     free_bits: float = 0.0  # lambda nats per latent unit (Kingma et al. 2016); 0 disables
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto (bf16 where the device runs it faster, else fp32) | fp32 | bf16 | fp16 (CUDA)
     device: str = "cpu"
     grad_clip: float = 0.0  # max global gradient norm; 0 disables
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -67,7 +67,10 @@ class TrainConfig:
         check(0 < self.cycle_ratio <= 1, f"cycle ratio must be in (0, 1], got {self.cycle_ratio}")
         check(self.free_bits >= 0, f"free bits (--free-bits) must be >= 0, got {self.free_bits}")
         check(self.precision in PRECISIONS,
-              f"unknown precision '{self.precision}' (choose from: {', '.join(PRECISIONS)})")
+              f"unknown precision '{self.precision}' (--precision; choose from: {', '.join(PRECISIONS)})")
+        check(self.precision != "fp16" or self.device.startswith("cuda"),
+              f"--precision fp16 needs a CUDA device (it trains with a gradient scaler on the GPU), but the "
+              f"device is '{self.device}'; use bf16, fp32 or auto")
         check(self.grad_clip >= 0, f"gradient clip must be >= 0, got {self.grad_clip}")
         check(self.grad_accum >= 1, f"gradient accumulation must be >= 1, got {self.grad_accum}")
         check(self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}")
