@@ -17,6 +17,8 @@ from vaekit.data import ArrayData, load_examples
 from vaekit.encoding import decode_latents, encode_dataset, open_latents
 from vaekit.run import read_run_config
 
+FP32 = ("--precision", "fp32")  # exact equality with the in-memory fp32 model (auto may choose bf16 on an AMX CPU)
+
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
@@ -27,7 +29,7 @@ def digits_run(tmp_path_factory):
 
 def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_path):
     run, model = digits_run
-    r = cli("encode", run, "--out", tmp_path / "z.safetensors", "--batch-size", "100", "--json")
+    r = cli("encode", run, *FP32, "--out", tmp_path / "z.safetensors", "--batch-size", "100", "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     assert summary["n"] == 1797 and summary["tensors"] == {"mean": [1797, 4], "logvar": [1797, 4], "y": [1797]}
@@ -43,21 +45,21 @@ def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_
     from sklearn.datasets import load_digits
 
     assert torch.equal(y, torch.from_numpy(load_digits().target).long())
-    r = cli("decode", run, tmp_path / "z.safetensors", "--out", tmp_path / "x.npy", "--batch-size", "1797")
+    r = cli("decode", run, *FP32, tmp_path / "z.safetensors", "--out", tmp_path / "x.npy", "--batch-size", "1797")
     assert r.code == 0, r.err
     assert np.array_equal(np.load(tmp_path / "x.npy"), reconstruction.numpy())
     # the same latents as .npz and .npy (the latent alone), read back equal
     for suffix in (".npz", ".npy"):
-        assert cli("encode", run, "--out", tmp_path / f"z{suffix}", "--quiet").code == 0
+        assert cli("encode", run, *FP32, "--out", tmp_path / f"z{suffix}", "--quiet").code == 0
         assert torch.equal(open_latents(tmp_path / f"z{suffix}").chunk(0, 1797)[0], mean)
     assert sorted(np.load(tmp_path / "z.npz").files) == ["logvar", "mean", "y"]
-    r = cli("decode", run, tmp_path / "z.npz", "--out", tmp_path / "pngs", "--quiet")
+    r = cli("decode", run, *FP32, tmp_path / "z.npz", "--out", tmp_path / "pngs", "--quiet")
     assert r.code == 0, r.err
     pngs = sorted((tmp_path / "pngs").iterdir())
     assert len(pngs) == 1797 and pngs[0].name == "000000.png"
     expected = (reconstruction[5, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     assert np.array_equal(np.asarray(Image.open(pngs[5])), expected)
-    assert cli("decode", run, tmp_path / "z.npy", "--out", tmp_path / "grid.png", "-n", "16").code == 0
+    assert cli("decode", run, *FP32, tmp_path / "z.npy", "--out", tmp_path / "grid.png", "-n", "16").code == 0
     assert Image.open(tmp_path / "grid.png").size[0] > 8
 
 
@@ -100,8 +102,8 @@ def test_folder_paths_go_to_a_sidecar(cli, tmp_path):
 def test_table_rows_decode_in_their_own_units(cli, table_csv, tmp_path):
     run = tmp_path / "run"
     model, _ = tiny_train(run, data=str(table_csv), epochs=1, data_options={"label_column": "label"})
-    assert cli("encode", run, "--out", tmp_path / "z.npz", "--quiet").code == 0
-    r = cli("decode", run, tmp_path / "z.npz", "--out", tmp_path / "rows.csv", "--quiet")
+    assert cli("encode", run, *FP32, "--out", tmp_path / "z.npz", "--quiet").code == 0
+    r = cli("decode", run, *FP32, tmp_path / "z.npz", "--out", tmp_path / "rows.csv", "--quiet")
     assert r.code == 0, r.err
     with open(tmp_path / "rows.csv") as f:
         rows = list(csv.reader(f))

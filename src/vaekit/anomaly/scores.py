@@ -27,6 +27,7 @@ the model, one example at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -340,6 +341,18 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
                           "bernoulli likelihood of grey levels is a cross-entropy, not that probability: use a run "
                           "trained with --binarize or a gaussian or laplace likelihood")
     model.eval()
+    with density_precision(model):
+        return _score_all(model, x, names, settings, y, prior)
+
+
+def density_precision(model):
+    """Scores are densities: under --precision auto they run in fp32, as the likelihood estimator does
+    (``VAE.likelihood_precision``); an explicit bf16 is honoured."""
+    return model.likelihood_precision() if hasattr(model, "likelihood_precision") else contextlib.nullcontext()
+
+
+def _score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, y: Tensor | None,
+               prior) -> dict[str, Tensor]:
     device = next(model.parameters()).device
     x = x.to(device, torch.float32)
     y = None if y is None else y.to(device)

@@ -61,7 +61,7 @@ class AnomalyCommand(Command):
             from vaekit.errors import VaekitError
 
             raise VaekitError(f"--fpr must be in (0, 1), got {args.fpr}")
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         req = AnomalyRequest(data=args.data, scores=scores, fpr=args.fpr, settings=settings,
                              anomaly_classes=None if args.anomaly_classes is None else tuple(args.anomaly_classes),
                              ood_data=args.ood_data, out=args.out, figures=not args.no_figures, device=args.device,

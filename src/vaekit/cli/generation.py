@@ -38,7 +38,8 @@ class SampleQualityCommand(Command):
         from vaekit.evaluation.sample_quality import sample_quality
 
         result = sample_quality(args.run, args.prior, args.n, args.steps, args.sampler, args.guidance, args.seed,
-                                args.batch_size, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+                                args.batch_size, args.device, args.precision,
+                                log=lambda m: print(m, file=sys.stderr, flush=True))
         if args.json:
             print(json.dumps(result.as_dict()))
             return 0

@@ -38,7 +38,7 @@ class EncodeCommand(Command):
         from vaekit.encoding import encode_dataset, sidecar_path
         from vaekit.run import check_output
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         check_output(args.run, args.out)
         check_output(args.run, sidecar_path(args.out))
         data_cfg = cfg.data if args.data is None else replace(cfg.data, spec=args.data, test_spec=None)
@@ -79,7 +79,7 @@ class DecodeCommand(Command):
         from vaekit.encoding import decode_latents, open_latents
         from vaekit.run import check_output
 
-        cfg, model = open_run(args.run, args.device)
+        cfg, model = open_run(args.run, args.device, args.precision)
         check_output(args.run, args.out)
         latents = open_latents(args.latents, args.key)
         result = decode_latents(model, latents, args.out, cfg.data_info, batch_size=args.batch_size, grid=args.n,

@@ -103,8 +103,10 @@ def dataset_images(data, n: int, seed: int) -> tuple[Tensor, Tensor]:
 
 def sample_quality(run: str | Path, prior: str = "model", n: int = 10000, steps: int | None = None,
                    sampler: str | None = None, guidance: float | None = None, seed: int = 0, batch_size: int = 256,
-                   device: str = "cpu", log: Callable[[str], None] | None = None) -> SampleQuality:
-    """FCD, precision, recall (and class accuracy) of n samples from RUN against its test images."""
+                   device: str = "cpu", precision: str = "auto",
+                   log: Callable[[str], None] | None = None) -> SampleQuality:
+    """FCD, precision, recall (and class accuracy) of n samples from RUN against its test images.
+    ``precision`` is what the model samples in; the classifier's features are always fp32."""
     from vaekit.data import load_data
     from vaekit.errors import VaekitError
     from vaekit.evaluation.classifier import canonical_data_config, dataset_classifier
@@ -113,7 +115,7 @@ def sample_quality(run: str | Path, prior: str = "model", n: int = 10000, steps:
 
     if n < 2:
         raise VaekitError(f"-n must be >= 2, got {n}")
-    cfg, model = open_run(run, device)
+    cfg, model = open_run(run, device, precision)
     vae_run = getattr(model.config, "vae", None)  # a latent-diffusion run: its data is its VAE run's
     data_cfg = read_run_config(vae_run) if vae_run else cfg
     if data_cfg.data_info.kind != "image" or data_cfg.data_info.num_classes < 2:
