@@ -6,7 +6,8 @@ weights (the SD 1.x layout, seeded random init), side by side in one process.
   weights, elsewhere fp32) against diffusers fp32 (best of --reps runs each; this machine is noisy).
   Targets: auto >= 3.5x diffusers fp32 on an AMX CPU; fp32 >= 1.0x without AMX;
 - the PSNR of auto reconstructions against fp32 ones, on a trained small run when present
-  (bench/results/runs/kl-photos, made by kl_results.py; target: within 0.1 dB);
+  (bench/results/runs/kl-photos from kl_results.py, else generation.py's tiny-f4 run; target: within
+  0.1 dB);
 - images per second of one full LDM-loss training step (L1 + LPIPS + PatchGAN) at 256^2 on the
   small-f8 preset, fp32 and auto (target on an AMX CPU: auto >= 2x fp32);
 - peak RSS of a tiled 2048^2 decode (SD layout, 512 px tiles) in a fresh process, vaekit and
@@ -88,12 +89,14 @@ def auto_psnr() -> dict | None:
     from vaekit.evaluation.images import psnr
     from vaekit.run import read_run_config
 
-    run_dir = RESULTS / "runs" / "kl-photos"
-    if not (run_dir / "model.safetensors").is_file():
+    # a trained autoencoder-kl: kl_results.py's photo run, else generation.py's tiny-f4 on Fashion-MNIST
+    candidates = [RESULTS / "runs" / "kl-photos", RESULTS / "runs" / "generation" / "ae"]
+    run_dir = next((r for r in candidates if (r / "model.safetensors").is_file()), None)
+    if run_dir is None:
         return None
     model, auto = vaekit.load(run_dir, precision="fp32"), vaekit.load(run_dir)  # auto: load's default
     data = run_data(read_run_config(run_dir)).test
-    x, _ = data.batch(torch.arange(len(data)))
+    x, _ = data.batch(torch.arange(min(len(data), 1024)))
     with torch.no_grad():
         fp32 = model.decode(model.encode(x).mode()).clamp(-1, 1)
         fast = auto.decode(auto.encode(x).mode()).clamp(-1, 1)
@@ -177,7 +180,7 @@ def main() -> None:
                  f"{quality['run']}): PSNR fp32 {quality['psnr fp32']:.3f} dB, auto {quality['psnr auto']:.3f} dB, "
                  f"difference {quality['difference dB']:+.3f} dB (target: within 0.1 dB)\n")
     else:
-        text += "\n(no trained run at bench/results/runs/kl-photos for the PSNR check: run kl_results.py first)\n"
+        text += "\n(no trained autoencoder-kl run for the PSNR check: run kl_results.py or generation.py first)\n"
     text += "\n" + markdown_table(steps, ["step", "precision", "s/step", "images/s", "speed-up"]) + "\n"
     if rss:
         text += "\nTiled 2048x2048 decode, SD layout, 512 px tiles, fresh process\n\n"
