@@ -19,14 +19,18 @@ TINY = {"disentanglement": ["--metrics", "mig", "--num-train", "200"],
 
 
 def readme_commands() -> list[list[str]]:
-    """argv (without 'vaekit') of every command line in the README's sh blocks, continuations joined."""
+    """argv (without 'vaekit') of every command line in the README's sh blocks (vaekit itself or
+    torchrun -m vaekit), continuations joined."""
     text = README.read_text()
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
-            if line.startswith("vaekit "):
-                commands.append(shlex.split(line, comments=True)[1:])
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["vaekit"]:
+                commands.append(words[1:])
+            elif words[:1] == ["torchrun"] and "vaekit" in words:  # torchrun ... -m vaekit ARGS
+                commands.append(words[words.index("vaekit") + 1 :])
     return commands
 
 
