@@ -90,13 +90,17 @@ class AnomalyStub:
     def module(self) -> types.ModuleType:
         mod = types.ModuleType("vaekit.anomaly")
 
-        def score_against_threshold(run_or_model, x):
-            self.calls.append((run_or_model, tuple(x.shape)))
+        def score_against_threshold(run_or_model, x, *, calibration=None, y=None, prior=None):
+            self.calls.append((run_or_model, tuple(x.shape), calibration, y))
             if self.fail is not None:
                 raise self.fail
             return self.answer
 
+        def load_calibration(run):
+            return types.SimpleNamespace(score="nll", threshold=self.answer[1], run=run)
+
         mod.score_against_threshold = score_against_threshold
+        mod.load_calibration = load_calibration
         return mod
 
 

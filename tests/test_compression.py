@@ -305,3 +305,24 @@ def test_cli_refuses_a_gaussian_run(cli, tmp_path):
     r = cli("compress", tmp_path / "g", "--data", tmp_path / "x.npy", "--out", tmp_path / "g.vkz")
     assert_user_error(r, "gaussian likelihood cannot code", "bernoulli or logistic")
     assert not (tmp_path / "g.vkz").exists()
+
+
+@pytest.mark.parametrize("name", ["../escaped.png", "ABSOLUTE", "sub/../../up.png", "x.exe", "a\\b.png"])
+def test_a_crafted_header_cannot_write_outside_the_output_folder(cli, tmp_path, logistic_run, name):
+    from vaekit.compression.container import pack, unpack
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, a in enumerate(eight_bit(2, seed=4)):
+        Image.fromarray(a[0], "L").save(folder / f"im{i}.png")
+    assert cli("compress", logistic_run, "--data", folder, "--out", tmp_path / "f.vkz").code == 0
+    header, payload = unpack((tmp_path / "f.vkz").read_bytes())
+    header.pop("payload_bytes")
+    absolute = tmp_path / "absolute.png"
+    header["data"]["names"][0] = str(absolute) if name == "ABSOLUTE" else name  # the checksum is no signature
+    (tmp_path / "evil.vkz").write_bytes(pack(header, payload))
+    out = tmp_path / "deep" / "out"
+    assert_user_error(cli("decompress", tmp_path / "evil.vkz", "--out", out, "--run", logistic_run),
+                      "refusing the file name")
+    assert not out.exists() and not (tmp_path / "deep" / "escaped.png").exists()
+    assert not absolute.exists()

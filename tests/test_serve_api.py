@@ -222,12 +222,14 @@ def test_autoencoder_kl_numbers_are_psnr_and_lpips_only_when_its_weights_are_cac
     assert m["lpips"] == pytest.approx(expected, rel=1e-5) and "lpips_note" not in m
 
 
-def test_an_upload_shows_its_anomaly_score_when_the_run_is_calibrated(client, runs):
+def test_an_upload_shows_its_anomaly_score_when_the_run_is_calibrated(client, runs, views):
     with calibrated(runs["conv"], AnomalyStub(score=torch.tensor([5.0]), threshold=4.0, flagged=True)) as stub:
         assert ok(client.get("/api/runs/conv"))["anomaly"] is True
         doc = ok(client.post("/api/runs/conv/upload", content=noise_png(8, 8)))
         assert doc["anomaly"] == {"score": 5.0, "threshold": 4.0, "flagged": True}
-        assert stub.calls == [(runs["conv"], (1, 1, 8, 8))]
+        # the view's own model is scored (never reloaded), with the calibration read once from the run
+        [(model, shape, calibration, y)] = stub.calls
+        assert model is views["conv"].model and shape == (1, 1, 8, 8) and calibration.run == runs["conv"]
     with calibrated(runs["conv"], AnomalyStub(fail=RuntimeError("boom"))):
         doc = ok(client.post("/api/runs/conv/upload", content=noise_png(8, 8)))
         assert "boom" in doc["anomaly"]["error"] and "nll" in doc["metrics"]  # the upload's own results stay
@@ -547,3 +549,27 @@ def test_vaekit_serve_prints_its_address_serves_and_stops(runs):
         proc.stdout.close()
         proc.stderr.close()
 
+
+
+def test_the_real_anomaly_score_of_an_upload_on_a_conditional_run(runs, cli, tmp_path):
+    """No stub: `vaekit anomaly` calibrates a copy of the conditional run, and an upload with its class
+    gets the score vaekit.anomaly computes, against that threshold."""
+    import shutil
+
+    from vaekit.anomaly import load_calibration, score_against_threshold
+
+    run = tmp_path / "mlp"
+    shutil.copytree(runs["mlp"], run)
+    r = cli("anomaly", run, "--score", "nll", "--fpr", "0.1", "-k", "8", "--out", tmp_path / "s.csv", "--quiet")
+    assert r.code == 0, r.err
+    view = load_views([run])["mlp"]
+    client = TestClient(create_app({"mlp": view}))
+    doc = ok(client.post("/api/runs/mlp/upload?label=3", content=noise_png(8, 8)))
+    anomaly = doc["anomaly"]
+    assert "error" not in anomaly, anomaly
+    calibration = load_calibration(run)
+    x, _ = view.image_tensor(noise_png(8, 8))
+    score, threshold, flagged = score_against_threshold(view.model, x, calibration=calibration,
+                                                        y=torch.tensor([3]))
+    assert anomaly["score"] == pytest.approx(float(score[0])) and anomaly["threshold"] == threshold
+    assert anomaly["flagged"] == bool(flagged[0])

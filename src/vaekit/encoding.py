@@ -225,10 +225,8 @@ def encode_dataset(model, data, out: str | Path, *, sample: bool = False, seed: 
                 "shift_factor": str(model.config.shift_factor or 0.0)} if scaled else {}),
             **(metadata or {})}
     paths_file = None
-    if paths is not None:
-        if len(paths) != n:
-            raise VaekitError(f"{len(paths)} paths for {n} examples")
-        paths_file = write_paths(sidecar_path(out), paths)
+    if paths is not None and len(paths) != n:
+        raise VaekitError(f"{len(paths)} paths for {n} examples")
     bar = _progress(n, "encode", progress)
     with chunked_output(out, specs, meta, main) as arrays:
         _put(arrays, first_index, first)
@@ -237,6 +235,8 @@ def encode_dataset(model, data, out: str | Path, *, sample: bool = False, seed: 
             _put(arrays, index, encode(index))
             bar.update(len(index))
     bar.close()
+    if paths is not None:  # only once the latents are in place: a failed encode leaves no sidecar behind
+        paths_file = write_paths(sidecar_path(out), paths)
     written = [main] if out.suffix.lower() == ".npy" else list(specs)
     return EncodeResult(out, n, {k: list(specs[k][1]) for k in written}, paths_file)
 

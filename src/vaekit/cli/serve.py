@@ -56,5 +56,6 @@ class ServeCommand(Command):
             names = ", ".join(str(r) for r in args.runs)
             print(f"vaekit: serving {names} at {url} (Ctrl-C to stop)", flush=True)
 
-        serve(args.runs, args.host, args.port, check_device(args.device), args.max_upload_mb, announce=announce)
+        serve(args.runs, args.host, args.port, check_device(args.device), args.max_upload_mb, announce=announce,
+              precision=args.precision)
         return 0

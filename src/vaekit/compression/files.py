@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from vaekit.compression.api import DEFAULT_LANES, compress, decompress, read_info, require_constriction
-from vaekit.compression.sources import check_output, read_for_coding, write_array, write_images
+from vaekit.compression.sources import check_image_names, check_output, read_for_coding, write_array, write_images
 from vaekit.errors import VaekitError
 
 
@@ -61,6 +61,9 @@ def decompress_file(path: str | Path, out: str | Path, *, run: str | Path | None
     info = read_info(blob, str(path))
     images = info.get("data", {}).get("source") == "images"
     as_folder = images and out.suffix.lower() != ".npy"
+    if as_folder:  # before any work: names from a shared file must not reach outside --out
+        data = info.get("data", {})
+        check_image_names(data.get("names"), data.get("modes"), data.get("count"), str(path))
     check_output(out, overwrite, images)
     if run is None:
         run = info.get("model", {}).get("run")

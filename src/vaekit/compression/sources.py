@@ -108,6 +108,27 @@ def write_array(out: Path, x: np.ndarray) -> None:
         np.save(f, x, allow_pickle=False)
 
 
+def check_image_names(names, modes, count: int, where: str) -> None:
+    """The file names and modes a .vkz header gives for an image folder must stay inside the output
+    folder: relative POSIX paths without '..', ending in .png, one per image, each mode one that is
+    coded losslessly. The header's checksum is not a signature, so a crafted file must not be able to
+    write anywhere else."""
+    from pathlib import PurePosixPath
+
+    if not isinstance(names, list) or not isinstance(modes, list) or len(names) != count or len(modes) != count:
+        raise VaekitError(f"{where}: damaged header (expected {count} file names and modes)")
+    for name, mode in zip(names, modes):
+        rel = PurePosixPath(name) if isinstance(name, str) else None
+        if (rel is None or rel.is_absolute() or not rel.parts or ".." in rel.parts or "\\" in name
+                or rel.suffix != ".png"):
+            raise VaekitError(f"{where}: refusing the file name {name!r} in its header (it must be a relative "
+                              "path inside the output folder, ending in .png)")
+        if mode not in IMAGE_MODES:
+            raise VaekitError(f"{where}: refusing the image mode {mode!r} in its header")
+    if len(set(names)) != len(names):
+        raise VaekitError(f"{where}: damaged header (a file name appears twice)")
+
+
 def write_images(out: Path, x: np.ndarray, names: list[str], modes: list[str]) -> None:
     """Every image as a PNG under its relative name, staged in a temporary folder first and moved
     into ``out`` only when all are written."""
@@ -124,8 +145,11 @@ def write_images(out: Path, x: np.ndarray, names: list[str], modes: list[str]) -
             target = stage / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             im.save(target, format="PNG")
+        root = out.resolve()
         for rel in names:
             final = out / rel
+            if root not in final.resolve().parents:  # a symlinked subfolder pointing elsewhere
+                raise VaekitError(f"{out}: {rel} would be written outside the output folder")
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / rel, final)
     finally:

@@ -31,6 +31,7 @@ CLASSIFIER_FORMAT = 2
 FEATURES = 128
 EPOCHS = 6
 BATCH = 128
+MIN_ACCURACY = 0.9  # below this the classifier's features are a weak yardstick (warned)
 
 
 class FeatureNet(nn.Module):
@@ -98,12 +99,15 @@ def dataset_classifier(data_cfg, splits, seed: int = 0, log: Callable[[str], Non
     key = classifier_key(data_cfg, info.shape, info.num_classes, seed)
     path = cache_dir() / "classifiers" / f"{key}.safetensors"
     net = FeatureNet(info.shape[0], info.num_classes)
+    say = log or (lambda m: None)
     if path.is_file():
-        tensors, meta = load_tensors(path)
-        net.load_state_dict(tensors)
-        return Classifier(net.eval(), float(meta["test_accuracy"]), key)
-    (log or (lambda m: None))(f"training the sample-quality classifier for {info.source} once ({EPOCHS} epochs) "
-                              f"-> {path}")
+        try:
+            tensors, meta = load_tensors(path)
+            net.load_state_dict(tensors)
+            return Classifier(net.eval(), float(meta["test_accuracy"]), key)
+        except (VaekitError, RuntimeError, KeyError, ValueError) as e:  # damaged or from another version
+            say(f"{path}: cannot use the cached classifier ({str(e).splitlines()[0]}); training it again")
+    say(f"training the sample-quality classifier for {info.source} once ({EPOCHS} epochs) -> {path}")
     started = time.perf_counter()
     with torch.random.fork_rng():  # seeded, and the caller's random stream is left as it was
         torch.manual_seed(seed)
@@ -113,6 +117,9 @@ def dataset_classifier(data_cfg, splits, seed: int = 0, log: Callable[[str], Non
         "test_accuracy": f"{accuracy:.6f}", "format": str(CLASSIFIER_FORMAT), "dataset": str(info.source),
         "shape": json.dumps(list(info.shape)), "epochs": str(EPOCHS), "seed": str(seed),
         "train_seconds": f"{time.perf_counter() - started:.1f}"})
+    if accuracy < MIN_ACCURACY:
+        say(f"warning: the sample-quality classifier reaches {accuracy:.1%} test accuracy on {info.source} (below "
+            f"{MIN_ACCURACY:.0%}); its feature space may separate samples poorly")
     return Classifier(net.eval(), accuracy, key)
 
 

@@ -91,7 +91,7 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def load_views(runs: Iterable[str | Path], device: str = "cpu") -> dict[str, RunView]:
+def load_views(runs: Iterable[str | Path], device: str = "cpu", precision: str = "auto") -> dict[str, RunView]:
     """Open every run once (a bad one fails here, naming it, before anything is served). A
     latent-diffusion run becomes the ``diffusion`` prior of its VAE run's page (that run is served
     too, from the path the diffusion run recorded, if it was not named); a pixel-diffusion run has no
@@ -114,19 +114,19 @@ def load_views(runs: Iterable[str | Path], device: str = "cpu") -> dict[str, Run
     for _, vae in diffusion:
         if not any(p.resolve() == vae.resolve() for p in vaes):
             vaes.append(vae)
-    views = {name: RunView(name, path, device) for name, path in zip(unique_names(vaes), vaes)}
+    views = {name: RunView(name, path, device, precision) for name, path in zip(unique_names(vaes), vaes)}
     for path, vae in diffusion:
         view = next(v for v in views.values() if v.path.resolve() == vae.resolve())
-        view.diffusion.append((path, load(path, device=device)))  # refuses a VAE whose weights changed
+        view.diffusion.append((path, load(path, device=device, precision=precision)))  # refuses a changed VAE
     return views
 
 
-def create_app(runs: Iterable[str | Path] | dict[str, RunView], *, device: str = "cpu",
+def create_app(runs: Iterable[str | Path] | dict[str, RunView], *, device: str = "cpu", precision: str = "auto",
                max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: Sequence[str] | None = None) -> Starlette:
     """The explorer for ``runs`` (run directories, or views already loaded). ``allowed_hosts``
     restricts the Host header (``serve`` passes the loopback names when bound to loopback, so a
     page elsewhere cannot reach the server through DNS rebinding)."""
-    views = runs if isinstance(runs, dict) else load_views(runs, device)
+    views = runs if isinstance(runs, dict) else load_views(runs, device, precision)
     api = _API(views, max_upload_bytes)
     routes = [
         Route("/", api.index),

@@ -49,10 +49,10 @@ class Server:
     ``stop()`` (or Ctrl-C)."""
 
     def __init__(self, runs: Iterable[str | Path], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES, log_level: str = "warning") -> None:
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, log_level: str = "warning", precision: str = "auto") -> None:
         import uvicorn
 
-        views = load_views(runs, device)
+        views = load_views(runs, device, precision)
         hosts = [*LOOPBACK_HOSTS] if is_loopback(host) else None
         self.app = create_app(views, max_upload_bytes=max_upload_bytes, allowed_hosts=hosts)
         self.socket = bind(host, port)
@@ -79,9 +79,11 @@ class Server:
 
 
 def serve(runs: Iterable[str | Path], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, announce: Callable[[str], None] | None = None) -> None:
-    """Serve the explorer for ``runs`` until interrupted; ``announce`` receives the address."""
-    server = Server(runs, host, port, device, max_upload_bytes)
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, announce: Callable[[str], None] | None = None,
+          precision: str = "auto") -> None:
+    """Serve the explorer for ``runs`` until interrupted; ``announce`` receives the address;
+    ``precision`` is what the models run in (``vaekit.load``)."""
+    server = Server(runs, host, port, device, max_upload_bytes, precision=precision)
     (announce or print)(server.url)
     if not is_loopback(host):
         print(f"vaekit: warning: serving on {host}, reachable from other machines; the explorer has no "

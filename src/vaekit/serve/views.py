@@ -52,11 +52,11 @@ class RunView:
     examples (read on first use) and what is derived from them (codes, units' activity, the 2-D
     plane of the latent map). Callers hold ``lock`` around every method that runs the model."""
 
-    def __init__(self, name: str, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, name: str, path: str | Path, device: str = "cpu", precision: str = "auto") -> None:
         self.name = name
         self.path = Path(path)
         self.cfg = read_run_config(self.path)
-        self.model = load(self.path, device=device)
+        self.model = load(self.path, device=device, precision=precision)
         self.device = torch.device(device)
         self.info = self.cfg.data_info
         self.lock = threading.Lock()
@@ -126,15 +126,34 @@ class RunView:
         return self.cached("plane", make)
 
     def anomaly_scorer(self) -> Callable | None:
-        """``vaekit.anomaly.score_against_threshold`` when that module exists and the run has been
-        calibrated (RUN/anomaly.json)."""
+        """A function of (x, label) scoring an input against the run's calibrated threshold
+        (``vaekit.anomaly.score_against_threshold`` with RUN/anomaly.json), when the run has been
+        calibrated. The calibration and, for the ``latent`` score, the aggregate posterior's mixture are
+        read once and kept with the view; the loaded model is scored, never reloaded."""
         if not (self.path / ANOMALY_FILE).is_file():
             return None
         try:
-            from vaekit.anomaly import score_against_threshold
+            from vaekit.anomaly import load_calibration, score_against_threshold
         except ImportError:
             return None
-        return score_against_threshold
+
+        def setup():
+            calibration = load_calibration(self.path)
+            prior = None
+            if calibration.score == "latent":
+                from vaekit.anomaly.scores import latent_prior
+
+                prior = latent_prior(self.model, run=self.path, components=calibration.settings.components,
+                                     seed=calibration.settings.seed)
+            return calibration, prior
+
+        def score(x: Tensor, label: int | None):
+            # read once per calibration: a run re-calibrated while it is served is read again
+            calibration, prior = self.cached(f"anomaly:{(self.path / ANOMALY_FILE).stat().st_mtime_ns}", setup)
+            y = self._labels(label, len(x)) if self.conditional else None
+            return score_against_threshold(self.model, x, calibration=calibration, y=y, prior=prior)
+
+        return score
 
     # -- the run as the page sees it ------------------------------------------------------------------
     def describe(self) -> dict:
@@ -235,7 +254,7 @@ class RunView:
         result = self.analyse(x, label)
         scorer = self.anomaly_scorer()
         if scorer is not None:
-            result["anomaly"] = _anomaly(scorer, self.path, x)
+            result["anomaly"] = _anomaly(scorer, x, label)
         h, w = self.info.shape[-2:]
         result["resized"] = {"from": list(original), "to": [w, h]} if tuple(original) != (w, h) else None
         return result
@@ -480,11 +499,11 @@ def parse_floats(value: Any, field: str) -> Tensor:
     return t.float()
 
 
-def _anomaly(scorer: Callable, run: Path, x: Tensor) -> dict:
+def _anomaly(scorer: Callable, x: Tensor, label: int | None) -> dict:
     """The upload's anomaly score against the run's calibrated threshold; a failure of that
     (optional) scorer is reported beside the other results instead of failing the upload."""
     try:
-        score, threshold, flagged = scorer(run, x)
+        score, threshold, flagged = scorer(x, label)
     except VaekitError as e:
         return {"error": str(e)}
     except Exception as e:  # a plug-in from another module: keep the upload's own results
