@@ -228,8 +228,9 @@ def test_an_upload_shows_its_anomaly_score_when_the_run_is_calibrated(client, ru
         doc = ok(client.post("/api/runs/conv/upload", content=noise_png(8, 8)))
         assert doc["anomaly"] == {"score": 5.0, "threshold": 4.0, "flagged": True}
         # the view's own model is scored (never reloaded), with the calibration read once from the run
-        [(model, shape, calibration, y)] = stub.calls
+        [(model, shape, calibration, labels)] = stub.calls
         assert model is views["conv"].model and shape == (1, 1, 8, 8) and calibration.run == runs["conv"]
+        assert labels is None  # an unconditional run
     with calibrated(runs["conv"], AnomalyStub(fail=RuntimeError("boom"))):
         doc = ok(client.post("/api/runs/conv/upload", content=noise_png(8, 8)))
         assert "boom" in doc["anomaly"]["error"] and "nll" in doc["metrics"]  # the upload's own results stay
