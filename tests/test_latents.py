@@ -41,24 +41,29 @@ def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_
     with torch.no_grad():
         q = model.encode(x)
         reconstruction = model.decode(q.mean)  # what `vaekit reconstruct` shows
-    assert torch.equal(mean, q.mean) and torch.equal(logvar, q.logvar)
+    # equal up to float rounding: on some CPUs (AMD's BLAS blocking) a matrix product's rows depend on
+    # how many rows the batch has, so a chunked encode can differ from one full batch in the last bit
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(mean, q.mean, **close)
+    torch.testing.assert_close(logvar, q.logvar, **close)
     from sklearn.datasets import load_digits
 
     assert torch.equal(y, torch.from_numpy(load_digits().target).long())
     r = cli("decode", run, *FP32, tmp_path / "z.safetensors", "--out", tmp_path / "x.npy", "--batch-size", "1797")
     assert r.code == 0, r.err
-    assert np.array_equal(np.load(tmp_path / "x.npy"), reconstruction.numpy())
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), reconstruction.numpy(), rtol=1e-5, atol=1e-6)
     # the same latents as .npz and .npy (the latent alone), read back equal
     for suffix in (".npz", ".npy"):
         assert cli("encode", run, *FP32, "--out", tmp_path / f"z{suffix}", "--quiet").code == 0
-        assert torch.equal(open_latents(tmp_path / f"z{suffix}").chunk(0, 1797)[0], mean)
+        torch.testing.assert_close(open_latents(tmp_path / f"z{suffix}").chunk(0, 1797)[0], mean, **close)
     assert sorted(np.load(tmp_path / "z.npz").files) == ["logvar", "mean", "y"]
     r = cli("decode", run, *FP32, tmp_path / "z.npz", "--out", tmp_path / "pngs", "--quiet")
     assert r.code == 0, r.err
     pngs = sorted((tmp_path / "pngs").iterdir())
     assert len(pngs) == 1797 and pngs[0].name == "000000.png"
     expected = (reconstruction[5, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    assert np.array_equal(np.asarray(Image.open(pngs[5])), expected)
+    # one grey level at most: a rounding boundary may fall either side of the last bit
+    assert np.abs(np.asarray(Image.open(pngs[5])).astype(int) - expected.astype(int)).max() <= 1
     assert cli("decode", run, *FP32, tmp_path / "z.npy", "--out", tmp_path / "grid.png", "-n", "16").code == 0
     assert Image.open(tmp_path / "grid.png").size[0] > 8
 
@@ -70,7 +75,8 @@ def test_samples_are_seeded_per_example_and_splits_follow_the_run(cli, digits_ru
                    "--out", tmp_path / f"s{b}.safetensors", "--quiet").code == 0
     a, _ = open_latents(tmp_path / "s7.safetensors").chunk(0, 10**6)
     b, _ = open_latents(tmp_path / "s300.safetensors").chunk(0, 10**6)
-    assert torch.equal(a, b)  # the same draws whatever the chunk size
+    # the same draws whatever the chunk size (up to the BLAS rounding of the means, see above)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     cfg = read_run_config(run)
     test = load_examples(cfg.data, cfg.data_info, "test").data
     assert len(a) == len(test) == cfg.data_info.n_test
