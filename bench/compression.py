@@ -3,8 +3,10 @@ generic codecs re-measured in the same run (issue 20).
 
 Data: the test images as stored (8-bit), and binarised once (Bernoulli of the grey level / 255 with
 numpy's RandomState(0)). Generic codecs: gzip, bz2 and lzma (level 9 / preset 9) on the whole set in
-one buffer of one byte per pixel; PNG (Pillow, optimize=True) and WebP (lossless, method 6) per image,
-headers included (binarised PNGs in mode "1", WebP from 0/255 grey).
+one buffer (8-bit: one byte per pixel; binarised: eight pixels per byte, np.packbits, which all three
+compress better than one byte per pixel: lzma 0.604 against 0.668 bits/dim); PNG (Pillow,
+optimize=True) and WebP (lossless, method 6) per image, headers included (binarised PNGs in mode "1",
+WebP from 0/255 grey).
 
 vaekit: four models trained under the same budget (--minutes each, 2 CPU cores): an MLP VAE
 (784-512-256-50) and a 2-layer hvae (z 64, 32) with a Bernoulli likelihood on dynamically binarised
@@ -60,7 +62,8 @@ def generic(x: np.ndarray, binary: bool) -> list[dict]:
     from PIL import Image
 
     dims = x.size
-    raw = np.ascontiguousarray(x).tobytes()
+    # binary data packed eight pixels to a byte: the stronger baseline for every generic codec
+    raw = np.packbits(x).tobytes() if binary else np.ascontiguousarray(x).tobytes()
     rows = []
     for name, fn in (("gzip", lambda b: gzip.compress(b, 9)), ("bz2", lambda b: bz2.compress(b, 9)),
                      ("lzma", lambda b: lzma.compress(b, preset=9))):
