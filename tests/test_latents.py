@@ -27,6 +27,10 @@ def digits_run(tmp_path_factory):
     return out, model
 
 
+# Equal up to float rounding: on some CPUs (AMD's BLAS blocking) a matrix product's rows depend on how
+# many rows the batch has, so a chunked encode can differ from one full batch in the last bit.
+ROUNDING = {"rtol": 1e-5, "atol": 1e-6}
+
 def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_path):
     run, model = digits_run
     r = cli("encode", run, *FP32, "--out", tmp_path / "z.safetensors", "--batch-size", "100", "--json")
@@ -41,21 +45,18 @@ def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_
     with torch.no_grad():
         q = model.encode(x)
         reconstruction = model.decode(q.mean)  # what `vaekit reconstruct` shows
-    # equal up to float rounding: on some CPUs (AMD's BLAS blocking) a matrix product's rows depend on
-    # how many rows the batch has, so a chunked encode can differ from one full batch in the last bit
-    close = {"rtol": 1e-5, "atol": 1e-6}
-    torch.testing.assert_close(mean, q.mean, **close)
-    torch.testing.assert_close(logvar, q.logvar, **close)
+    torch.testing.assert_close(mean, q.mean, **ROUNDING)
+    torch.testing.assert_close(logvar, q.logvar, **ROUNDING)
     from sklearn.datasets import load_digits
 
     assert torch.equal(y, torch.from_numpy(load_digits().target).long())
     r = cli("decode", run, *FP32, tmp_path / "z.safetensors", "--out", tmp_path / "x.npy", "--batch-size", "1797")
     assert r.code == 0, r.err
-    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), reconstruction.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), reconstruction.numpy(), **ROUNDING)
     # the same latents as .npz and .npy (the latent alone), read back equal
     for suffix in (".npz", ".npy"):
         assert cli("encode", run, *FP32, "--out", tmp_path / f"z{suffix}", "--quiet").code == 0
-        torch.testing.assert_close(open_latents(tmp_path / f"z{suffix}").chunk(0, 1797)[0], mean, **close)
+        torch.testing.assert_close(open_latents(tmp_path / f"z{suffix}").chunk(0, 1797)[0], mean, **ROUNDING)
     assert sorted(np.load(tmp_path / "z.npz").files) == ["logvar", "mean", "y"]
     r = cli("decode", run, *FP32, tmp_path / "z.npz", "--out", tmp_path / "pngs", "--quiet")
     assert r.code == 0, r.err
@@ -75,8 +76,7 @@ def test_samples_are_seeded_per_example_and_splits_follow_the_run(cli, digits_ru
                    "--out", tmp_path / f"s{b}.safetensors", "--quiet").code == 0
     a, _ = open_latents(tmp_path / "s7.safetensors").chunk(0, 10**6)
     b, _ = open_latents(tmp_path / "s300.safetensors").chunk(0, 10**6)
-    # the same draws whatever the chunk size (up to the BLAS rounding of the means, see above)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, **ROUNDING)  # the same draws whatever the chunk size
     cfg = read_run_config(run)
     test = load_examples(cfg.data, cfg.data_info, "test").data
     assert len(a) == len(test) == cfg.data_info.n_test
