@@ -31,6 +31,7 @@ def digits_run(tmp_path_factory):
 # many rows the batch has, so a chunked encode can differ from one full batch in the last bit.
 ROUNDING = {"rtol": 1e-5, "atol": 1e-6}
 
+
 def test_encode_then_decode_reproduces_reconstruct_exactly(cli, digits_run, tmp_path):
     run, model = digits_run
     r = cli("encode", run, *FP32, "--out", tmp_path / "z.safetensors", "--batch-size", "100", "--json")
