@@ -39,6 +39,12 @@ def cli():
     return run
 
 
+def pytest_configure(config):
+    # auto precision must not depend on a timing probe in tests (the same suite, the same numerics on
+    # every CPU); tests/test_precision.py exercises the probe with fakes. Set for launched ranks too.
+    os.environ["VAEKIT_PRECISION_PROBE"] = "0"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

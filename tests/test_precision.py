@@ -3,6 +3,7 @@ the distributed scheme that need no process group (global-batch randomness, shar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,9 +22,26 @@ from vaekit.training.config import TrainConfig
 
 @pytest.fixture(params=[True, False], ids=["amx", "no-amx"])
 def amx(request, monkeypatch):
-    """Pretend the CPU has (or lacks) AMX."""
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: request.param)
+    """Pretend the CPU has AMX (or no bf16 instructions at all)."""
+    monkeypatch.setattr(precision_module, "cpu_bf16_isa", lambda: "amx" if request.param else None)
     return request.param
+
+
+@pytest.fixture
+def avx512_bf16(monkeypatch, tmp_path):
+    """Pretend the CPU has AVX512-BF16 without AMX, with the probe on, a fresh cache, and a fake
+    timing whose bf16 speed-up the test sets; counts the measurements."""
+    monkeypatch.setattr(precision_module, "cpu_bf16_isa", lambda: "avx512_bf16")
+    monkeypatch.setenv("VAEKIT_PRECISION_PROBE", "1")
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    fake = {"speedup": 3.0, "calls": 0}
+
+    def measure(*args, **kwargs):
+        fake["calls"] += 1
+        return precision_module.ProbeResult(0.3, 0.3 / fake["speedup"], 0.6, 0.6 / fake["speedup"])
+
+    monkeypatch.setattr(precision_module, "measure_bf16_speedup", measure)
+    return fake
 
 
 def test_auto_picks_bf16_on_an_amx_cpu_and_fp32_elsewhere(amx):
@@ -32,6 +50,52 @@ def test_auto_picks_bf16_on_an_amx_cpu_and_fp32_elsewhere(amx):
     assert ("AMX" in chosen.reason) and chosen.describe().startswith(f"precision auto -> {chosen.name} (")
     assert resolve_precision("fp32", "cpu").name == "fp32" and resolve_precision("bf16", "cpu").name == "bf16"
     assert TrainConfig().precision == "auto"
+
+
+def test_auto_probes_a_cpu_with_avx512_bf16_but_no_amx_once_and_caches_the_result(avx512_bf16, tmp_path):
+    chosen = resolve_precision("auto", "cpu")
+    assert chosen.name == "bf16" and avx512_bf16["calls"] == 1
+    assert "probe ran bf16 at 3.00x fp32 on an MLP step and 3.00x on a conv step" in chosen.reason
+    cache = json.loads((tmp_path / "cache" / precision_module.PROBE_FILE).read_text())
+    (key, entry), = cache.items()
+    assert "torch " in key and "threads" in key and entry == pytest.approx({"mlp_fp32_s": 0.3, "mlp_bf16_s": 0.1,
+                                                                               "conv_fp32_s": 0.6, "conv_bf16_s": 0.2})
+    avx512_bf16["speedup"] = 1.0  # the machine got slower: the cached choice stands, nothing is timed
+    assert resolve_precision("auto", "cpu").name == "bf16" and avx512_bf16["calls"] == 1
+    assert resolve_precision("auto", "cpu", probe=False).name == "fp32"  # a rank that takes rank 0's choice
+    (tmp_path / "cache" / precision_module.PROBE_FILE).write_text("{not json")  # damaged: measured again
+    chosen = resolve_precision("auto", "cpu")
+    assert chosen.name == "fp32" and "bf16 takes 1.25x overall" in chosen.reason and avx512_bf16["calls"] == 2
+    assert resolve_precision("fp32", "cpu").name == "fp32" and avx512_bf16["calls"] == 2  # only auto probes
+
+
+def test_the_probe_can_be_turned_off(avx512_bf16, monkeypatch):
+    monkeypatch.setenv("VAEKIT_PRECISION_PROBE", "0")
+    chosen = resolve_precision("auto", "cpu")
+    assert chosen.name == "fp32" and "VAEKIT_PRECISION_PROBE=0" in chosen.reason and avx512_bf16["calls"] == 0
+
+
+def test_the_real_probe_times_both_precisions_and_bf16_must_lose_on_neither():
+    state = torch.random.get_rng_state()
+    result = precision_module.measure_bf16_speedup(repeats=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # a probe never moves a seeded run
+    assert min(dataclasses.astuple(result)) > 0
+    assert result.speedup == pytest.approx(math.sqrt(result.speedups[0] * result.speedups[1]))
+    assert precision_module.ProbeResult(1.0, 0.25, 1.0, 0.5).pays()  # 4x and 2x
+    assert not precision_module.ProbeResult(1.0, 0.1, 1.0, 1.1).pays()  # 10x on one, slower on the other
+    assert not precision_module.ProbeResult(1.0, 0.9, 1.0, 0.9).pays()  # 1.1x: within noise
+
+
+def test_a_resumed_auto_run_keeps_the_precision_its_checkpoint_was_trained_in(cli, tmp_path, avx512_bf16):
+    run = tmp_path / "run"
+    args = ("--data", "digits", "--limit", "300", "--hidden", "32", "--latent-dim", "4", "--seed", "0", "--out", run)
+    assert cli("train", *args, "--epochs", "1").code == 0
+    (tmp_path / "cache" / precision_module.PROBE_FILE).unlink()
+    avx512_bf16["speedup"] = 1.0  # on "another machine" auto would pick fp32
+    r = cli("train", *args, "--epochs", "2", "--resume")
+    assert r.code == 0, r.err
+    assert "trained in bf16; auto continues in bf16" in r.err
+    assert [m["precision"] for m in read_metrics(run)] == ["bf16", "bf16"]
 
 
 def test_unknown_precision_and_fp16_off_cuda_are_refused():
@@ -117,8 +181,8 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path, monkey
     from vaekit.training import trainer as trainer_module
     from vaekit.training.checkpoint import load_checkpoint
 
-    monkeypatch.setattr(trainer_module, "resolve_precision", lambda requested, device: Precision("fp16", requested,
-                                                                                                  "test"))
+    monkeypatch.setattr(trainer_module, "resolve_precision",
+                        lambda requested, device, **kw: Precision("fp16", requested, "test"))
     _, straight = tiny_train(tmp_path / "a", epochs=2, limit=300, precision="bf16")
     state = load_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
     assert state["precision"] == "fp16" and state["scalers"]["model"]["scale"] > 0

@@ -80,7 +80,10 @@ def load_lpips(net: str = "vgg", device: str | torch.device = "cpu", fetch: bool
     key = (net, str(device))
     with _lock:
         if key not in _cache:
-            model = LPIPS(net)
+            # its random init (overwritten below) must not draw from the global generator: a seeded run's
+            # trajectory would depend on whether LPIPS was already loaded in this process
+            with torch.random.fork_rng(devices=[]):
+                model = LPIPS(net)
             model.load_state_dict(lpips_weights(net, fetch=fetch))
             _cache[key] = model.to(device)
         return _cache[key]

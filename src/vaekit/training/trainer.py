@@ -39,7 +39,7 @@ from vaekit.data import DataSplits
 from vaekit.elbo import KLSchedule, bits_per_dim
 from vaekit.errors import Interrupted, TrainingStopped
 from vaekit.io import write_text
-from vaekit.precision import autocast, resolve_precision
+from vaekit.precision import Precision, autocast, resolve_precision
 from vaekit.protocol import Batch, TrainingStep
 from vaekit.run import CHECKPOINT, METRICS, load_state_strict, save_weights
 from vaekit.runtime import tune_cpu
@@ -209,17 +209,16 @@ class Trainer:
         self.config = config
         self.world = distributed.setup()
         self.device = torch.device(distributed.rank_device(config.device, self.world))
-        self.precision = resolve_precision(config.precision, self.device)
+        # rank 0 decides (auto may time a probe) and every rank takes its choice; errors are the same on all
+        chosen = resolve_precision(config.precision, self.device, probe=self.world.writer)
+        if self.world.distributed:
+            name, reason = json.loads(distributed.broadcast_text(json.dumps([chosen.name, chosen.reason]), self.world))
+            chosen = Precision(name, chosen.requested, reason)
         distributed.check_shares(len(data.train), config.batch_size, self.world,
                                  getattr(objective, "min_rows", 1))
         self.model = model.to(self.device)
         self.objective = objective.to(self.device)
-        # conv nets under autocast run faster in channels-last layout (an autoencoder-kl step at 128^2 on an AMX
-        # CPU: bf16 11.0 s, bf16 channels-last 8.5 s, fp32 18.0 s); the layout changes no value
-        self.channels_last = self.precision.dtype is not None and getattr(model, "channels_last", False)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-            self.objective.to(memory_format=torch.channels_last)
+        self._set_precision(chosen)
         self.data = data
         self.optimizers = objective.optimizers(self.model)
         # fp16: one gradient scaler per optimizer (master weights stay float32)
@@ -556,8 +555,25 @@ class Trainer:
             self.count = 0
         saved = state.get("precision")
         if saved is not None and saved != self.precision.name:
-            self.log(f"note: the checkpoint was trained in {saved}; continuing in {self.precision.name}")
+            if self.config.precision == "auto" and saved in ("fp32", "bf16"):
+                # auto keeps the checkpoint's numerics: a resumed run continues as it began
+                self._set_precision(Precision(saved, "auto", f"kept from the checkpoint; here auto would pick "
+                                                             f"{self.precision.name}"))
+                self.log(f"note: the checkpoint was trained in {saved}; auto continues in {saved}")
+            else:
+                self.log(f"note: the checkpoint was trained in {saved}; continuing in {self.precision.name}")
         self._restored = True
+
+    def _set_precision(self, precision: Precision) -> None:
+        self.precision = precision
+        # conv nets under autocast run faster in channels-last layout (an autoencoder-kl step at 128^2 on an AMX
+        # CPU: bf16 11.0 s, bf16 channels-last 8.5 s, fp32 18.0 s); the layout changes no value
+        was = getattr(self, "channels_last", False)
+        self.channels_last = precision.dtype is not None and getattr(self.model, "channels_last", False)
+        if self.channels_last != was:
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            self.model.to(memory_format=layout)
+            self.objective.to(memory_format=layout)
 
     def _rewrite_derived(self) -> None:
         """After a kill -9: a write may have been cut short (its temp file is debris), and the files
