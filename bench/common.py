@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -61,29 +60,26 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+def cpu_family() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("cpu family"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
-
-
-def has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return None
 
 
 def machine_info() -> dict:
-    """What a figure was measured on: CPU model, AMX or not, cores, torch and its threads, GPU if any."""
+    """What a figure was measured on: CPU model and family, its bf16 instructions (AMX,
+    AVX512-BF16 or none) and what --precision auto picks there, cores, torch and its threads, GPU."""
     import torch
 
-    info = {"cpu": cpu_model(), "amx": has_amx(), "cores": os.cpu_count(), "torch": torch.__version__,
+    from vaekit.precision import cpu_bf16_isa, cpu_model, resolve_precision
+
+    isa = cpu_bf16_isa()
+    info = {"cpu": cpu_model(), "cpu_family": cpu_family(), "amx": isa == "amx", "bf16_isa": isa,
+            "auto": resolve_precision("auto", "cpu").name, "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -93,7 +89,9 @@ def machine_info() -> dict:
 def machine() -> str:
     m = machine_info()
     gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
-    return (f"{m['cpu']} ({'AMX' if m['amx'] else 'no AMX'}), {m['cores']} cores, torch {m['torch']}, "
+    isa = {"amx": "AMX", "avx512_bf16": "AVX512-BF16, no AMX", None: "no AMX, no AVX512-BF16"}[m["bf16_isa"]]
+    family = f" family {m['cpu_family']}" if m["cpu_family"] else ""
+    return (f"{m['cpu']}{family} ({isa}; auto -> {m['auto']}), {m['cores']} cores, torch {m['torch']}, "
             f"{m['threads']} threads{gpu}")
 
 
