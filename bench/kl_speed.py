@@ -13,7 +13,7 @@ weights (the SD 1.x layout, seeded random init), side by side in one process.
 - peak RSS of a tiled 2048^2 decode (SD layout, 512 px tiles) in a fresh process, vaekit and
   diffusers' enable_tiling().
 
-Run: python bench/kl_speed.py [--reps 3] [--skip-rss]
+Run: python bench/kl_speed.py [--reps 3] [--skip-rss] [--sizes 256,512]
      python bench/kl_speed.py --quick    (64^2, batch 1, one rep, no RSS; prints, saves nothing)
 """
 
@@ -65,11 +65,14 @@ def speed_table(reps: int, sizes=(256, 512), batches=(1, 4)) -> tuple[list[dict]
                 t = {
                     "diffusers enc": best(lambda x=x: theirs.encode(x).latent_dist.mean, r),
                     "vaekit enc": best(lambda x=x: ours.encode(x).mean, r),
-                    "auto enc": best(lambda x=x: auto.encode(x).mean, r),
                     "diffusers dec": best(lambda z=z: theirs.decode(z).sample, r),
                     "vaekit dec": best(lambda z=z: ours.decode(z), r),
-                    "auto dec": best(lambda z=z: auto.decode(z), r),
                 }
+                if auto.inference_precision == "fp32":  # the same code path as the fp32 column: timed once
+                    t["auto enc"], t["auto dec"] = t["vaekit enc"], t["vaekit dec"]
+                else:
+                    t["auto enc"] = best(lambda x=x: auto.encode(x).mean, r)
+                    t["auto dec"] = best(lambda z=z: auto.decode(z), r)
                 for who in ("diffusers", "vaekit", "auto"):
                     t[f"{who} enc+dec"] = t[f"{who} enc"] + t[f"{who} dec"]
                 for op, label in (("enc", "encode"), ("dec", "decode"), ("enc+dec", "encode+decode")):
@@ -129,7 +132,10 @@ def training_step_speed(reps: int, resolution: int = 256, batch: int = 4) -> lis
         splits = DataSplits(ArrayData(x), None, ArrayData(x), info)
         trainer = Trainer(RESULTS / "runs" / "kl-step", model, LDMLoss(model, cfg), splits, cfg, progress=False)
         index = torch.arange(batch)
-        seconds = best(lambda t=trainer, i=index: t.train_step(i, 0), reps)
+        if precision == "auto" and trainer.precision.name == "fp32":
+            seconds = rows[0]["s/step"]  # auto is fp32 here: the same step, timed once
+        else:
+            seconds = best(lambda t=trainer, i=index: t.train_step(i, 0), reps)
         rows.append({"step": f"LDM loss (L1 + LPIPS-VGG + PatchGAN), small-f8, {resolution}^2, batch {batch}",
                      "precision": precision if precision == "fp32" else f"auto ({trainer.precision.name})",
                      "s/step": seconds, "images/s": batch / seconds})
@@ -150,6 +156,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--sizes", default="256,512", help="image sizes, comma-separated (default 256,512)")
     p.add_argument("--quick", action="store_true", help="64^2, batch 1, one rep, no RSS; prints, saves nothing")
     args = p.parse_args()
     from vaekit.runtime import tune_cpu
@@ -161,7 +168,7 @@ def main() -> None:
         speed, auto = speed_table(1, sizes=(64,), batches=(1,))
         steps = training_step_speed(1, resolution=64, batch=1)
     else:
-        speed, auto = speed_table(args.reps)
+        speed, auto = speed_table(args.reps, sizes=tuple(int(v) for v in args.sizes.split(",")))
         steps = training_step_speed(args.reps)
     quality = auto_psnr()
     rss = [] if args.skip_rss else rss_table()

@@ -41,7 +41,12 @@ def avx512_bf16(monkeypatch, tmp_path):
         return precision_module.ProbeResult(0.3, 0.3 / fake["speedup"], 0.6, 0.6 / fake["speedup"])
 
     monkeypatch.setattr(precision_module, "measure_bf16_speedup", measure)
+    monkeypatch.setattr(precision_module, "_probed", {})
     return fake
+
+
+def probe_files(tmp_path) -> list:
+    return sorted((tmp_path / "cache" / precision_module.PROBE_DIR).glob("*.json"))
 
 
 def test_auto_picks_bf16_on_an_amx_cpu_and_fp32_elsewhere(amx):
@@ -52,21 +57,31 @@ def test_auto_picks_bf16_on_an_amx_cpu_and_fp32_elsewhere(amx):
     assert TrainConfig().precision == "auto"
 
 
-def test_auto_probes_a_cpu_with_avx512_bf16_but_no_amx_once_and_caches_the_result(avx512_bf16, tmp_path):
+def test_auto_probes_a_cpu_with_avx512_bf16_but_no_amx_once_and_caches_the_result(avx512_bf16, tmp_path,
+                                                                                   monkeypatch):
     chosen = resolve_precision("auto", "cpu")
     assert chosen.name == "bf16" and avx512_bf16["calls"] == 1
     assert "probe ran bf16 at 3.00x fp32 on an MLP step and 3.00x on a conv step" in chosen.reason
-    cache = json.loads((tmp_path / "cache" / precision_module.PROBE_FILE).read_text())
-    (key, entry), = cache.items()
-    assert "torch " in key and "threads" in key and entry == pytest.approx({"mlp_fp32_s": 0.3, "mlp_bf16_s": 0.1,
-                                                                               "conv_fp32_s": 0.6, "conv_bf16_s": 0.2})
+    (path,) = probe_files(tmp_path)
+    entry = json.loads(path.read_text())
+    assert "torch " in entry["key"] and "threads" in entry["key"]
+    assert {k: v for k, v in entry.items() if k != "key"} == pytest.approx(
+        {"mlp_fp32_s": 0.3, "mlp_bf16_s": 0.1, "conv_fp32_s": 0.6, "conv_bf16_s": 0.2})
     avx512_bf16["speedup"] = 1.0  # the machine got slower: the cached choice stands, nothing is timed
     assert resolve_precision("auto", "cpu").name == "bf16" and avx512_bf16["calls"] == 1
+    monkeypatch.setattr(precision_module, "_probed", {})  # a new process reads the file
+    assert resolve_precision("auto", "cpu").name == "bf16" and avx512_bf16["calls"] == 1
     assert resolve_precision("auto", "cpu", probe=False).name == "fp32"  # a rank that takes rank 0's choice
-    (tmp_path / "cache" / precision_module.PROBE_FILE).write_text("{not json")  # damaged: measured again
-    chosen = resolve_precision("auto", "cpu")
-    assert chosen.name == "fp32" and "bf16 takes 1.25x overall" in chosen.reason and avx512_bf16["calls"] == 2
-    assert resolve_precision("fp32", "cpu").name == "fp32" and avx512_bf16["calls"] == 2  # only auto probes
+    for damaged in ("{not json", "[1, 2]", json.dumps({**entry, "mlp_bf16_s": 0.0}), json.dumps({"key": "other"})):
+        path.write_text(damaged)  # unreadable or implausible: measured again, never an error
+        monkeypatch.setattr(precision_module, "_probed", {})
+        chosen = resolve_precision("auto", "cpu")
+        assert chosen.name == "fp32" and "bf16 takes 1.25x overall" in chosen.reason
+    assert avx512_bf16["calls"] == 5
+    assert resolve_precision("fp32", "cpu").name == "fp32" and avx512_bf16["calls"] == 5  # only auto probes
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # another key: its own file, the first one kept
+    resolve_precision("auto", "cpu")
+    assert len(probe_files(tmp_path)) == 2 and avx512_bf16["calls"] == 6
 
 
 def test_the_probe_can_be_turned_off(avx512_bf16, monkeypatch):
@@ -77,7 +92,8 @@ def test_the_probe_can_be_turned_off(avx512_bf16, monkeypatch):
 
 def test_the_real_probe_times_both_precisions_and_bf16_must_lose_on_neither():
     state = torch.random.get_rng_state()
-    result = precision_module.measure_bf16_speedup(repeats=1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # as a caller might hold it
+        result = precision_module.measure_bf16_speedup(repeats=1)
     assert torch.equal(torch.random.get_rng_state(), state)  # a probe never moves a seeded run
     assert min(dataclasses.astuple(result)) > 0
     assert result.speedup == pytest.approx(math.sqrt(result.speedups[0] * result.speedups[1]))
@@ -90,7 +106,9 @@ def test_a_resumed_auto_run_keeps_the_precision_its_checkpoint_was_trained_in(cl
     run = tmp_path / "run"
     args = ("--data", "digits", "--limit", "300", "--hidden", "32", "--latent-dim", "4", "--seed", "0", "--out", run)
     assert cli("train", *args, "--epochs", "1").code == 0
-    (tmp_path / "cache" / precision_module.PROBE_FILE).unlink()
+    for path in probe_files(tmp_path):
+        path.unlink()
+    precision_module._probed.clear()
     avx512_bf16["speedup"] = 1.0  # on "another machine" auto would pick fp32
     r = cli("train", *args, "--epochs", "2", "--resume")
     assert r.code == 0, r.err
@@ -239,3 +257,29 @@ def test_shares_chunks_and_their_errors():
     with pytest.raises(VaekitError, match="4 rows per rank"):
         distributed.check_shares(100, 10, world, min_rows=4)
     distributed.check_shares(1, 128, distributed.SINGLE)  # one process: anything goes
+
+
+def test_an_autoencoder_kl_resumed_across_a_layout_change_ends_as_if_uninterrupted(cli, tmp_path, avx512_bf16):
+    """auto trains fp32 (contiguous weights); on resume auto would pick bf16 (channels-last): the run
+    keeps fp32, and its weights' layout is settled before the fused Adam's moments are restored."""
+    from test_image_autoencoders import AE_FLAGS, image_folder
+
+    data = image_folder(tmp_path / "imgs", n=8)
+
+    def train(out, epochs, *extra):
+        r = cli("train", "--data", data, "--model", "autoencoder-kl", *AE_FLAGS, "--epochs", epochs,
+                "--samples-per-epoch", "8", "--eval-samples", "4", "--seed", "0", "--out", out, *extra)
+        assert r.code == 0, r.err
+        return r
+
+    avx512_bf16["speedup"] = 1.0
+    train(tmp_path / "a", 2)
+    train(tmp_path / "b", 1)
+    for path in probe_files(tmp_path):
+        path.unlink()
+    precision_module._probed.clear()
+    avx512_bf16["speedup"] = 3.0
+    train(tmp_path / "b", 2, "--resume")  # (--quiet: the note is not logged; metrics.jsonl says it)
+    assert [m["precision"] for m in read_metrics(tmp_path / "b")] == ["fp32", "fp32"]
+    a, b = vaekit.load(tmp_path / "a", precision="fp32"), vaekit.load(tmp_path / "b", precision="fp32")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

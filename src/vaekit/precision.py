@@ -14,7 +14,7 @@
     EPYC they ran 4.4x faster (796 against 181), and a conv step 3.2x. So auto measures: a short
     start-up probe (a training step of small MLP and conv layers in each precision, ~0.5 s) picks
     bf16 when it is ``PROBE_MARGIN`` times faster overall and slower on neither. The result is cached per CPU model,
-    torch version and thread count in ``$VAEKIT_CACHE/precision-probe.json``, so every later command
+    torch version and thread count in ``$VAEKIT_CACHE/precision-probe/``, so every later command
     on the machine (evaluate after train, a resume) makes the same choice without timing anything,
     and a resumed run keeps the precision its checkpoint was trained in. ``VAEKIT_PRECISION_PROBE=0``
     turns the probe off (auto then picks fp32 on these CPUs).
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from vaekit.io import cache_dir, write_json
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROBE_ENV = "VAEKIT_PRECISION_PROBE"
-PROBE_FILE = "precision-probe.json"
+PROBE_DIR = "precision-probe"
 # bf16 must win clearly: a near tie is noise on a loaded machine, and bf16 costs accuracy
 PROBE_MARGIN = 1.25
 
@@ -147,6 +148,13 @@ def measure_bf16_speedup(scale: int = 1, repeats: int = 5) -> ProbeResult:
     conv encoder's (3x3 convs 1-32-64 at 28x28 and 14x14, batch 16*scale, channels-last). A real
     step includes autocast's casts, which is where bf16 without AMX can lose what its products gain.
     Best of ``repeats`` steps after one warm-up, on the CPU (~0.5 s in all)."""
+    # whatever the caller's mode (load() under no_grad or inference_mode, an outer autocast), the
+    # probe times real fp32 and bf16 training steps
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        return _measure(scale, repeats)
+
+
+def _measure(scale: int, repeats: int) -> ProbeResult:
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):  # the layers' init must not move the global generator
         mlp = torch.nn.Sequential(torch.nn.Linear(784, 400), torch.nn.ReLU(), torch.nn.Linear(400, 40),
@@ -177,24 +185,35 @@ def _probe_key() -> str:
     return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
+_probed: dict[str, ProbeResult] = {}
+
+
 def cpu_bf16_probe() -> ProbeResult:
-    """The probe's result for this CPU, torch and thread count: from the cache file when it holds
-    one, else measured now and cached (an unreadable cache is measured over, not an error)."""
-    path = cache_dir() / PROBE_FILE
+    """The probe's result for this CPU, torch and thread count: remembered in this process, else read
+    from its cache file, else measured now and cached. One file per key
+    (``$VAEKIT_CACHE/precision-probe/<hash>.json``, written atomically), so processes never overwrite
+    each other's entries; an unreadable or implausible file is measured over, not an error."""
     key = _probe_key()
+    if key in _probed:
+        return _probed[key]
+    path = cache_dir() / PROBE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    result = None
     try:
-        cached = json.loads(path.read_text())
-        return ProbeResult(**{k: float(v) for k, v in cached[key].items()})
+        entry = json.loads(path.read_text())
+        if entry.get("key") == key:
+            times = [float(entry[f.name]) for f in dataclasses.fields(ProbeResult)]
+            if all(math.isfinite(t) and t > 0 for t in times):
+                result = ProbeResult(*times)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        cached = None
-    result = measure_bf16_speedup()
-    table = cached if isinstance(cached, dict) else {}
-    table[key] = dataclasses.asdict(result)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, table)
-    except OSError:  # a read-only cache: the choice is still made, just measured again next time
         pass
+    if result is None:
+        result = measure_bf16_speedup()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"key": key, **dataclasses.asdict(result)})
+        except OSError:  # a read-only cache: the choice is still made, and remembered in this process
+            pass
+    _probed[key] = result
     return result
 
 

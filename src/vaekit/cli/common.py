@@ -33,8 +33,9 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                        help="inference precision: auto (default: bf16 on a CPU with AMX or a GPU with bf16, else "
-                             "fp32), fp32, bf16, or fp16 (CUDA)")
+                        help="inference precision: auto (default: bf16 on a GPU with bf16, a CPU with AMX, or "
+                             "an AVX512-BF16 CPU where a start-up probe finds it faster; else fp32), fp32, bf16, "
+                             "or fp16 (CUDA)")
 
 
 def open_run(run: Path, device: str = "cpu", precision: str = "auto"):

@@ -59,8 +59,9 @@ FLAGS = [
     Flag("--kl-schedule", "training", "kl_schedule", str, "constant, linear or cyclical (Fu et al. 2019)"),
     Flag("--cycles", "training", "cycles", positive_int, "cyclical schedule: number of cycles (default 4)", "M"),
     Flag("--free-bits", "training", "free_bits", float, "free bits: at least L nats of KL per latent unit", "L"),
-    Flag("--precision", "training", "precision", str, "auto (default: bf16 on a CPU with AMX or a GPU with bf16, "
-         "else fp32), fp32, bf16 (autocast), or fp16 (CUDA, with a gradient scaler)"),
+    Flag("--precision", "training", "precision", str, "auto (default: bf16 on a GPU with bf16, a CPU with AMX, "
+         "or an AVX512-BF16 CPU where a start-up probe finds it faster; else fp32), fp32, bf16 (autocast), or fp16 "
+         "(CUDA, with a gradient scaler)"),
     Flag("--device", "training", "device", str, "cpu, cuda or cuda:N"),
     Flag("--grad-clip", "training", "grad_clip", float, "clip the gradient norm (0: off)", "G"),
     Flag("--checkpoint-every", "training", "checkpoint_every", positive_int, "also checkpoint every N steps", "N"),

@@ -37,7 +37,7 @@ from torch import Tensor
 from vaekit import sharding
 from vaekit.data import DataSplits
 from vaekit.elbo import KLSchedule, bits_per_dim
-from vaekit.errors import Interrupted, TrainingStopped
+from vaekit.errors import Interrupted, TrainingStopped, VaekitError
 from vaekit.io import write_text
 from vaekit.precision import Precision, autocast, resolve_precision
 from vaekit.protocol import Batch, TrainingStep
@@ -516,6 +516,7 @@ class Trainer:
     def restore(self, state: dict) -> None:
         """Load a checkpoint's state (on every rank: it is the single-process state). Files derived
         from it are rewritten when training starts (``fit``)."""
+        self._keep_checkpoint_precision(state.get("precision"))  # first: it may change the weights' layout
         load_state_strict(self.model, state["model"], f"{self.run_dir / CHECKPOINT}: model")
         self.objective.load_state_dict(state["objective"])
         for name, opt in self.optimizers.items():
@@ -553,16 +554,25 @@ class Trainer:
         if not self.world.writer:  # the running sums are rank 0's to carry (see _global_sums)
             self.sum_values = None if self.sum_values is None else torch.zeros_like(self.sum_values)
             self.count = 0
-        saved = state.get("precision")
-        if saved is not None and saved != self.precision.name:
-            if self.config.precision == "auto" and saved in ("fp32", "bf16"):
-                # auto keeps the checkpoint's numerics: a resumed run continues as it began
-                self._set_precision(Precision(saved, "auto", f"kept from the checkpoint; here auto would pick "
-                                                             f"{self.precision.name}"))
-                self.log(f"note: the checkpoint was trained in {saved}; auto continues in {saved}")
-            else:
-                self.log(f"note: the checkpoint was trained in {saved}; continuing in {self.precision.name}")
         self._restored = True
+
+    def _keep_checkpoint_precision(self, saved: str | None) -> None:
+        """A resumed ``auto`` run continues in the precision its checkpoint was trained in (fp32 or
+        bf16) where this device can run it, so a run does not change numerics halfway."""
+        if saved is None or saved == self.precision.name:
+            return
+        if self.config.precision == "auto" and saved in ("fp32", "bf16"):
+            try:
+                resolve_precision(saved, self.device)
+            except VaekitError:  # e.g. bf16 on a GPU without it: auto's own choice stands
+                self.log(f"note: the checkpoint was trained in {saved}, which this device cannot run; "
+                         f"continuing in {self.precision.name}")
+                return
+            here = self.precision.name
+            self._set_precision(Precision(saved, "auto", f"kept from the checkpoint; auto here would pick {here}"))
+            self.log(f"note: the checkpoint was trained in {saved}; auto continues in {saved}")
+        else:
+            self.log(f"note: the checkpoint was trained in {saved}; continuing in {self.precision.name}")
 
     def _set_precision(self, precision: Precision) -> None:
         self.precision = precision
