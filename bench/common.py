@@ -60,25 +60,15 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def cpu_family() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu family"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def machine_info() -> dict:
     """What a figure was measured on: CPU model and family, its bf16 instructions (AMX,
     AVX512-BF16 or none) and what --precision auto picks there, cores, torch and its threads, GPU."""
     import torch
 
-    from vaekit.precision import cpu_bf16_isa, cpu_model, resolve_precision
+    from vaekit.precision import cpu_bf16_isa, cpu_model, cpuinfo, resolve_precision
 
     isa = cpu_bf16_isa()
-    info = {"cpu": cpu_model(), "cpu_family": cpu_family(), "amx": isa == "amx", "bf16_isa": isa,
+    info = {"cpu": cpu_model(), "cpu_family": cpuinfo("cpu family"), "amx": isa == "amx", "bf16_isa": isa,
             "auto": resolve_precision("auto", "cpu").name, "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():

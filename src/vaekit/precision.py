@@ -94,24 +94,27 @@ def cpu_bf16_isa() -> str | None:
     return "avx512_bf16" if "avx512_bf16" in _cpu_flags() else None  # pragma: no cover
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` ("model name", "cpu family", "flags") in /proc/cpuinfo, or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
     except OSError:  # pragma: no cover - not Linux
         pass
-    return set()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo; the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
+    model = cpuinfo("model name")
+    if model:
+        return model
     import platform
 
     return platform.processor() or platform.machine()
