@@ -206,6 +206,29 @@ def test_sample_quality_command(runs, cli, cache):
     assert "FCD" in r.out and "floor" in r.out
 
 
+def test_the_aggregate_posterior_is_every_training_code(runs, cli, cache, tmp_path):
+    from vaekit.data import load_data
+    from vaekit.evaluation.aggregate import aggregate_posterior
+    from vaekit.evaluation.likelihood import posterior_means
+    from vaekit.run import open_run
+
+    cfg, model = open_run(runs["vae"])
+    train = load_data(cfg.data, saved=cfg.data_info).train
+    q = aggregate_posterior(model, train)
+    assert q.means.shape == (len(train), 4)
+    torch.testing.assert_close(q.means, posterior_means(model, train))
+    # its moments: E z = mean of the posterior means; Var z = their variance + the mean posterior variance
+    z = q.sample(200_000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.mean(0), q.means.mean(0), atol=0.02, rtol=0)
+    var = q.means.var(0, unbiased=False) + q.logvars.exp().mean(0)
+    torch.testing.assert_close(z.var(0), var, rtol=0.03, atol=0)
+    r = cli("sample-quality", runs["vae"], "-n", "120", "--prior", "aggregate", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["prior"] == "aggregate"
+    assert cli("sample", runs["vae"], "--prior", "aggregate", "-n", "8", "--out", tmp_path / "s.png").code == 0
+    assert (tmp_path / "s.png").is_file()
+
+
 def test_the_classifier_is_trained_once(runs, cache, monkeypatch):
     from vaekit.evaluation import classifier
     from vaekit.evaluation.sample_quality import sample_quality
@@ -241,6 +264,7 @@ def test_bad_inputs_for_latent_diffusion(runs, cli, tmp_path, blobs_npz, table_c
     assert_user_error(cli("sample", runs["ld"], "--guidance", "2", "--out", png), "--guidance", "conditional")
     assert_user_error(cli("sample", runs["vae"], "--steps", "5", "--out", png), "--steps", "diffusion")
     assert_user_error(cli("sample-quality", runs["vae"], "--prior", "diffusion"), "latent-diffusion")
+    assert_user_error(cli("sample-quality", runs["ld"], "--prior", "aggregate"), "samples by diffusion")
     assert not png.exists()
     # unlabelled and tabular data have no sample quality
     np.savez(tmp_path / "unlabelled.npz", x=np.load(blobs_npz)["x"])

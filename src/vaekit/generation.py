@@ -1,5 +1,6 @@
 """Samples from a run, whatever generates them: a VAE's own prior, N(0, I), a Gaussian mixture fitted
-to its aggregate posterior, or a diffusion model (latent or pixel).
+to its aggregate posterior, the aggregate posterior itself (every training code: the ceiling for a
+prior on that decoder), or a diffusion model (latent or pixel).
 
 ``prior_for`` resolves what ``--prior`` asks for into something ``viz.pictures.samples`` and
 ``Sampler`` can draw from; ``Sampler.draw`` returns images in the dataset's own space ([0, 1], any
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from vaekit.errors import VaekitError
 
-PRIORS = ("model", "standard", "gmm", "vamp", "diffusion")
+PRIORS = ("model", "standard", "gmm", "vamp", "aggregate", "diffusion")
 
 
 def is_diffusion(model) -> bool:
@@ -56,6 +57,13 @@ def prior_for(run: str | Path, model, prior: str = "model", steps: int | None = 
         from vaekit.evaluation.aggregate import load_gmm_prior
 
         return load_gmm_prior(run), {}
+    if prior == "aggregate":
+        from vaekit.data import load_data
+        from vaekit.evaluation.aggregate import aggregate_posterior
+        from vaekit.run import read_run_config
+
+        cfg = read_run_config(run)
+        return aggregate_posterior(model, load_data(cfg.data, saved=cfg.data_info).train), {}
     return None, {}
 
 

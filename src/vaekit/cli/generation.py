@@ -19,9 +19,11 @@ class SampleQualityCommand(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_run(p)
-        p.add_argument("--prior", choices=("model", "standard", "gmm", "vamp", "diffusion"), default="model",
+        p.add_argument("--prior", choices=("model", "standard", "gmm", "vamp", "aggregate", "diffusion"),
+                       default="model",
                        help="what generates: the run's own prior (default; a diffusion run's denoiser), N(0, I), "
-                            "the mixture of 'vaekit fit-prior', the VampPrior, or diffusion")
+                            "the mixture of 'vaekit fit-prior', the VampPrior, the aggregate posterior itself "
+                            "(every training code: the best a prior on this decoder can do), or diffusion")
         p.add_argument("-n", type=positive_int, default=10000, help="samples (and real images) compared (default "
                        "10000)")
         p.add_argument("--steps", type=positive_int, default=None, help="diffusion runs: sampling steps")

@@ -54,9 +54,9 @@ class SampleCommand(PictureCommand):
         p.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
         p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
         p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1)")
-        p.add_argument("--prior", choices=("model", "standard", "gmm"), default="model",
+        p.add_argument("--prior", choices=("model", "standard", "gmm", "aggregate"), default="model",
                        help="model: the model's own prior (default); standard: N(0, I); gmm: the mixture fitted by "
-                            "'vaekit fit-prior'")
+                            "'vaekit fit-prior'; aggregate: the aggregate posterior (codes of training images)")
         p.add_argument("--steps", type=positive_int, default=None, help="diffusion runs: sampling steps (default: "
                        "the run's, 50)")
         p.add_argument("--sampler", choices=("ddim", "dpm", "ddpm"), default=None,

@@ -1,7 +1,9 @@
 """The aggregate posterior q(z) = E_x q(z|x): a Gaussian mixture fitted to the training codes
 (scikit-learn's ``GaussianMixture``), saved in the run as ``prior_gmm.safetensors``, to sample from
 the regions the decoder knows rather than the holes of N(0, I) (Ghosh et al. 2020; Dai & Wipf 2019)
-and to score how typical a code is."""
+and to score how typical a code is. ``aggregate_posterior`` is q(z) itself, the equal-weight mixture of
+every training posterior: sampling it decodes noisy reconstructions, the best any fitted prior on
+this decoder can do, so its sample quality separates the prior's error from the decoder's."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from vaekit.errors import VaekitError
 from vaekit.evaluation.likelihood import posterior_means
 from vaekit.io import load_tensors, save_tensors
-from vaekit.models.priors import FullCovarianceMixture
+from vaekit.models.priors import FullCovarianceMixture, MixturePrior
 
 GMM_FILE = "prior_gmm.safetensors"
 COVARIANCES = ("full", "diag")
@@ -74,3 +76,24 @@ def load_gmm_prior(run: str | Path) -> FullCovarianceMixture:
         raise VaekitError(f"{path}: no fitted prior; run 'vaekit fit-prior {run}' first")
     t, _ = load_tensors(path)
     return _mixture(t)
+
+
+def aggregate_posterior(model, data, max_examples: int | None = None, batch_size: int = 1024) -> MixturePrior:
+    """q(z) = (1/N) sum_n q(z|x_n) over (the first ``max_examples`` of) ``data``, as a mixture of the
+    N diagonal-Gaussian posteriors over the flattened latent: [N, D] means and log-variances."""
+    if getattr(model, "hierarchical", False) or not hasattr(model, "encode"):
+        raise VaekitError(f"--prior aggregate needs a one-layer VAE with an encoder; a {model.name} run has none")
+    if getattr(model.config, "conditional", False):
+        raise VaekitError("--prior aggregate: a conditional run decodes each code with its own label; "
+                          "sample it with its own prior")
+    data = data.take(min(len(data), max_examples)) if max_examples else data
+    model.eval()
+    device = next(model.parameters()).device
+    means, logvars = [], []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            x, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+            q = model.encode(x.to(device))
+            means.append(q.mean.flatten(1).float().cpu())
+            logvars.append(q.logvar.flatten(1).float().cpu())
+    return MixturePrior(torch.cat(means), torch.cat(logvars))
