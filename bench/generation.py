@@ -7,6 +7,9 @@ whole draw, decoding included):
 
 - conv VAE (channels 32,64, 32 latents, Bernoulli on grey levels), N(0, I) prior;
 - the same VAE, a 10-component full-covariance GMM fitted to its aggregate posterior (fit-prior);
+- the same VAE, its aggregate posterior itself (codes of the training images, --prior aggregate): what a
+  perfect prior on this decoder would reach, so the gap between a prior's row and this one is the prior's
+  error, and the gap between this row and the floor is the decoder's;
 - a VampPrior conv VAE (500 pseudo-inputs), same network;
 - the same conv VAE + latent diffusion with the residual-MLP denoiser, DDIM 50 and 10 steps;
 - autoencoder-kl tiny-f4 on images padded to 32x32 (LDM objective, L1 + KL 1e-6, no LPIPS or GAN
@@ -94,6 +97,8 @@ def main() -> None:
         ("conv VAE, N(0, I) prior", minutes["conv"], quality(root / "conv", n, "--prior", "standard")),
         ("same VAE, GMM prior fitted on the aggregate posterior", minutes["conv"],
          quality(root / "conv", n, "--prior", "gmm")),
+        ("same VAE, its aggregate posterior (training codes: the best any prior can do)", minutes["conv"],
+         quality(root / "conv", n, "--prior", "aggregate")),
         ("VampPrior VAE", minutes["vamp"], quality(root / "vamp", n, "--prior", "vamp")),
         ("same conv VAE + latent diffusion (MLP denoiser), 50 steps", minutes["conv"] + minutes["ld-mlp"],
          quality(root / "ld-mlp", n, "--steps", "50")),
