@@ -2,7 +2,10 @@
 
 - ``bernoulli``: the decoder gives logits (data in [0, 1]; binary for a true likelihood).
 - ``gaussian``: the decoder gives the mean; sigma is one learned scalar (``learned``), learned per
-  data dimension (``per-dim``), or fixed (``fixed``).
+  data dimension (``per-dim``), fixed (``fixed``), or ``calibrated``: the sigma-VAE's analytic optimum
+  (Rybkin et al. 2021), the batch's root-mean-square error in training, so sigma never lags behind
+  the decoder as a learned one does under Adam (which moves log sigma by about lr per step), and a
+  running average of it, saved with the weights, in evaluation.
 - ``mse``: a Gaussian with fixed sigma = 1/sqrt(2), so -log p(x|z) = sum (x - mean)^2 + D/2 log(pi):
   the familiar summed squared error plus the normalising constant, which vaekit always reports.
 - ``laplace``: the decoder gives the location; the scale b is learned, per-dim or fixed as for the
@@ -32,7 +35,8 @@ from vaekit.registry import Registry
 
 LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 
-SIGMA_MODES = ("learned", "per-dim", "fixed")
+SIGMA_MODES = ("learned", "per-dim", "fixed", "calibrated")
+CALIBRATION_MOMENTUM = 0.1  # of the running scale a calibrated likelihood evaluates with
 MIN_LOG_SIGMA = math.log(1e-3)  # a floor, so constant pixels cannot drive the density to infinity
 
 
@@ -87,21 +91,69 @@ class GaussianLikelihood(Likelihood):
             self.log_sigma = nn.Parameter(log_sigma)
         elif sigma_mode == "per-dim":
             self.log_sigma = nn.Parameter(log_sigma.expand(self.data_shape).clone())
+        elif sigma_mode == "calibrated":  # fitted, not learned: a buffer saved with the weights
+            self.register_buffer("log_sigma", log_sigma)
+            self.register_buffer("calibrations", torch.zeros((), dtype=torch.long))
         else:  # fixed: set by the config, so it is not part of the weights
             self.register_buffer("log_sigma", log_sigma, persistent=False)
 
-    def forward(self, out: torch.Tensor) -> Normal:
+    distribution: ClassVar[type] = Normal
+
+    def forward(self, out: torch.Tensor):
+        if self.sigma_mode == "calibrated" and self.training:
+            return CalibratedScale(self.distribution, out, len(self.data_shape), self._calibrate)
         log_sigma = self.log_sigma.clamp(min=MIN_LOG_SIGMA) if self.sigma_mode != "fixed" else self.log_sigma
-        return Normal(out, log_sigma, event_ndim=len(self.data_shape))
+        return self.distribution(out, log_sigma, event_ndim=len(self.data_shape))
+
+    def running_buffers(self) -> list[Tensor]:
+        """What a step changes besides the weights (under torchrun: rank 0's, broadcast after each step)."""
+        return [self.log_sigma, self.calibrations] if self.sigma_mode == "calibrated" else []
+
+    @torch.no_grad()
+    def _calibrate(self, log_scale: Tensor) -> None:
+        """Fold one batch's optimal scale into the running one (in the variance: sigma^2 averages)."""
+        if int(self.calibrations) == 0:
+            self.log_sigma.copy_(log_scale)
+        else:
+            var = torch.lerp(torch.exp(2 * self.log_sigma), torch.exp(2 * log_scale), CALIBRATION_MOMENTUM)
+            self.log_sigma.copy_(0.5 * torch.log(var))
+        self.calibrations += 1
 
 
 @LIKELIHOODS.register("laplace")
 class LaplaceLikelihood(GaussianLikelihood):
-    """The Gaussian's sigma modes, for the Laplace scale b."""
+    """The Gaussian's sigma modes, for the Laplace scale b (calibrated: b = the mean absolute error)."""
 
-    def forward(self, out: torch.Tensor) -> Laplace:
-        log_b = self.log_sigma.clamp(min=MIN_LOG_SIGMA) if self.sigma_mode != "fixed" else self.log_sigma
-        return Laplace(out, log_b, event_ndim=len(self.data_shape))
+    distribution = Laplace
+
+
+class CalibratedScale:
+    """A location-scale observation model whose one scale is fitted to the data it scores: in
+    ``log_prob(x)``, the maximum-likelihood scale of the residuals (Gaussian: their root mean square;
+    Laplace: their mean absolute value, over every element and sample of the batch), held constant
+    for the gradient. At that optimum d(-log p)/d scale = 0, so the decoder's gradient is the one of
+    the undetached sigma-VAE. ``on_fit`` receives the fitted log-scale (the running estimate)."""
+
+    def __init__(self, family: type, loc: Tensor, event_ndim: int, on_fit) -> None:
+        self.family, self.loc, self.event_ndim, self.on_fit = family, loc, event_ndim, on_fit
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    def mode(self) -> Tensor:
+        return self.loc
+
+    def unflatten_batch(self, k: int) -> CalibratedScale:
+        return CalibratedScale(self.family, self.loc.unflatten(0, (k, -1)), self.event_ndim, self.on_fit)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            r = x.float() - self.loc.float()  # x [B, ...] against loc [B, ...] or [K, B, ...]
+            mle = torch.log(r.abs().mean()) if self.family is Laplace else 0.5 * torch.log(r.square().mean())
+            log_scale = mle.clamp(min=MIN_LOG_SIGMA)
+        self.on_fit(log_scale)
+        return self.family(self.loc, log_scale.to(self.loc.dtype), self.event_ndim).log_prob(x)
 
 
 @LIKELIHOODS.register("mse")

@@ -150,7 +150,8 @@ class TrainCommand(Command):
                        "--vae RUN) or pixel-diffusion")
         p.add_argument("--preset", help="a named configuration, e.g. pytorch-example")
         p.add_argument("--conditional", action="store_true", default=None, help="condition on class labels (CVAE)")
-        p.add_argument("--sigma", help="gaussian likelihood: learned (default), per-dim, or a fixed value")
+        p.add_argument("--sigma", help="gaussian or laplace likelihood: learned (default), per-dim, calibrated "
+                       "(sigma-VAE: the batch's optimal scale; Rybkin et al. 2021), or a fixed value")
         p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable image files")
         for f in FLAGS:
             if f.const is not None:
@@ -249,12 +250,13 @@ def _show(value) -> str:
 
 
 def parse_sigma(text: str) -> dict[str, Any]:
-    if text in ("learned", "per-dim"):
+    if text in ("learned", "per-dim", "calibrated"):
         return {"sigma_mode": text}
     try:
         value = float(text)
     except ValueError:
-        raise VaekitError(f"--sigma must be 'learned', 'per-dim' or a positive number, got {text!r}") from None
+        raise VaekitError(f"--sigma must be 'learned', 'per-dim', 'calibrated' or a positive number, "
+                          f"got {text!r}") from None
     if value <= 0:
         raise VaekitError(f"--sigma must be positive, got {value}")
     return {"sigma_mode": "fixed", "sigma": value}

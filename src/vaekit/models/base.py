@@ -72,7 +72,7 @@ class LikelihoodConfig:
     provides ``data_shape`` (one example's shape) and ``num_classes`` (0 unless conditional)."""
 
     likelihood: str = "bernoulli"
-    sigma_mode: str = "learned"  # gaussian likelihood: learned | per-dim | fixed
+    sigma_mode: str = "learned"  # gaussian/laplace likelihood: learned | per-dim | fixed | calibrated
     sigma: float = 1.0  # gaussian likelihood: the fixed value, or the initial one
 
     def __post_init__(self) -> None:

@@ -329,7 +329,8 @@ def broadcast_module_state(modules: Iterable[torch.nn.Module], world: World) -> 
 
 
 def running_stat_buffers(modules: Iterable[torch.nn.Module]) -> list[Tensor]:
-    """BatchNorm running means and variances: the state a step changes besides the parameters."""
+    """The state a step changes besides the parameters: BatchNorm running means and variances, and
+    whatever a module lists in ``running_buffers()`` (a calibrated likelihood's running scale)."""
     from torch.nn.modules.batchnorm import _NormBase
 
     out: list[Tensor] = []
@@ -337,6 +338,8 @@ def running_stat_buffers(modules: Iterable[torch.nn.Module]) -> list[Tensor]:
         for sub in m.modules():
             if isinstance(sub, _NormBase) and sub.track_running_stats and sub.running_mean is not None:
                 out += [sub.running_mean, sub.running_var]
+            elif callable(getattr(sub, "running_buffers", None)):
+                out += sub.running_buffers()
     return out
 
 
