@@ -8,11 +8,12 @@ compress better than one byte per pixel: lzma 0.604 against 0.668 bits/dim); PNG
 optimize=True) and WebP (lossless, method 6) per image, headers included (binarised PNGs in mode "1",
 WebP from 0/255 grey).
 
-vaekit: four models trained under the same budget (--minutes each, 2 CPU cores): an MLP VAE
-(784-512-256-50) and a 2-layer hvae (z 64, 32) with a Bernoulli likelihood on dynamically binarised
-training images, and the same two with the discretised logistic on the 8-bit images. For each: the
+vaekit: six models trained under the same budget (--minutes each, 2 CPU cores): an MLP VAE
+(784-512-256-50), a conv VAE (channels 32,64, 32 latents) and a 2-layer hvae (z 64, 32) with a
+Bernoulli likelihood on dynamically binarised training images, and the same three with the
+discretised logistic on the 8-bit images. For each: the
 model's test -ELBO and K-sample NLL on exactly the coded images (what the coder should reach), then
-``vaekit compress`` / ``vaekit decompress`` on all test images (BB-ANS for the one-layer VAEs; Bit-Swap
+``vaekit compress`` / ``vaekit decompress`` on all test images (BB-ANS for the one-layer VAEs, MLP and conv; Bit-Swap
 and the plain BB-ANS order for the hvae), the decoded array compared with the original, images/s
 each way (coding only, as the commands report it), the initial bits and the file's whole size.
 
@@ -43,9 +44,12 @@ import numpy as np
 from common import RESULTS, VAEKIT, json_lines, markdown_table, require_fashion_mnist, run, save
 
 MLP = ["--model", "mlp", "--hidden", "512,256", "--latent-dim", "50", "--activation", "silu"]
+CONV = ["--model", "conv", "--channels", "32,64", "--latent-dim", "32"]
 HVAE = ["--model", "hvae", "--latent-dims", "64,32", "--hidden", "512,256", "--activation", "silu"]
 QUICK_MLP = ["--model", "mlp", "--hidden", "128", "--latent-dim", "16"]
+QUICK_CONV = ["--model", "conv", "--channels", "8,16", "--latent-dim", "8"]
 QUICK_HVAE = ["--model", "hvae", "--latent-dims", "16,8", "--hidden", "128,64", "--depth", "1"]
+FAMILIES = (("vae", "one-layer VAE"), ("conv", "conv VAE"), ("hvae", "hvae"))
 DATASETS = ("binarised", "8-bit")
 
 
@@ -136,7 +140,7 @@ def main() -> None:
     n, k = (600, 5) if args.quick else (args.test_images, args.iw)
     budget = ["--epochs", "1", "--limit", "3000", "--batch-size", "128"] if args.quick else \
         ["--max-minutes", args.minutes, "--epochs", "1000", "--batch-size", "128", "--lr", "1e-3"]
-    mlp, hvae = (QUICK_MLP, QUICK_HVAE) if args.quick else (MLP, HVAE)
+    nets = dict(zip(("vae", "conv", "hvae"), (QUICK_MLP, QUICK_CONV, QUICK_HVAE) if args.quick else (MLP, CONV, HVAE)))
     name = "compression-quick" if args.quick else "compression"
     work = RESULTS / "runs" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -149,7 +153,7 @@ def main() -> None:
         results[ds] = {"generic": generic(x, binary)}
         source = ["--data", "fashion-mnist", "--binarize", "dynamic"] if binary else \
             ["--data", "fashion-mnist", "--likelihood", "logistic"]
-        for family, model_args in (("vae", mlp), ("hvae", hvae)):
+        for family, model_args in nets.items():
             run_dir = work / f"{family}-{'bin' if binary else '8bit'}"
             train(run_dir, [*source, *model_args], budget, args.reuse)
             entry = model_rates(run_dir, x, binary, k)
@@ -168,7 +172,7 @@ def main() -> None:
                      "8-bit bits/dim": cells["8-bit"]["bits_per_dim"],
                      "compress images/s (bin / 8-bit)": " / ".join(f"{n / c['seconds']:,.0f}" for c in cells.values()),
                      "decompress images/s (bin / 8-bit)": "", "initial bits (bin / 8-bit)": "", "round trip": ""})
-    for family, label in (("vae", "one-layer VAE"), ("hvae", "hvae")):
+    for family, label in FAMILIES:
         for key, what in (("elbo_bpd", "-ELBO"), ("nll_bpd", f"NLL (K={k})")):
             cells = both(lambda r, f=family, key=key: r[f][key])
             rows.append({"codec": f"{label}: model's test {what}", "binarised bits/dim": cells["binarised"],
@@ -189,7 +193,7 @@ def main() -> None:
     checks = []
     for ds in DATASETS:
         best = min(g["bits_per_dim"] for g in results[ds]["generic"])
-        for family in ("vae", "hvae"):
+        for family, _ in FAMILIES:
             entry = results[ds][family]
             order = "bit-swap" if family == "hvae" else "bb-ans"
             c = entry[order]
@@ -200,7 +204,7 @@ def main() -> None:
                           f"{min(c['compress_ips'], c['decompress_ips']):.0f} images/s the slower way (target >= 100)")
     text = table + "\n\n" + f"{n} test images; whole-file rates with the .vkz header: " + "; ".join(
         f"{ds} {f}: {results[ds][f]['bit-swap' if f == 'hvae' else 'bb-ans']['file_bits_per_dim']:.4f}"
-        for ds in DATASETS for f in ("vae", "hvae")) + "\n\n" + "\n".join(f"- {c}" for c in checks)
+        for ds in DATASETS for f, _ in FAMILIES) + "\n\n" + "\n".join(f"- {c}" for c in checks)
     print(text)
     save(name, {"test_images": n, "iw": k, "budget": [str(b) for b in budget], "results": results}, text,
          precision="fp32 training; coding in float64")
