@@ -299,8 +299,9 @@ def test_disentanglement_command_on_dsprites(cli, tmp_path):
     r = cli("train", "--data", "dsprites", "--model", "conv", "--channels", "8,8,8", "--latent-dim", "4",
             "--epochs", "1", "--limit", "256", "--batch-size", "64", "--val-fraction", "0", "--out", out, "--quiet")
     assert r.code == 0, r.err
-    r = cli("disentanglement", out, "--metrics", "mig,factor_vae", "--num-train", "200", "--num-eval", "100")
+    # two cheap metrics: factor_vae's votes encode ~30,000 images (7 s here); it is tested above on true factors
+    r = cli("disentanglement", out, "--metrics", "mig,sap", "--num-train", "200", "--num-eval", "100")
     assert r.code == 0, r.err
     doc = json.loads((out / "disentanglement.json").read_text())
-    assert set(doc["results"]) == {"mig", "factor_vae"} and 0 <= doc["results"]["mig"]["mig"] <= 1
+    assert set(doc["results"]) == {"mig", "sap"} and 0 <= doc["results"]["mig"]["mig"] <= 1
     assert (out / "disentanglement_traversal.png").is_file()
