@@ -167,20 +167,25 @@ def assert_same_evaluations(cli, launch: Launch, commands: list[list]) -> None:
 
 def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
     """mlp with dynamic binarisation, an EMA and uneven shares (61 = 31 + 30), a streamed image folder
-    with random crops, and beta-TCVAE's whole-batch estimator each end with the weights of one
-    process; evaluate --iw shards the test set and reports the numbers of one process."""
+    with random crops, beta-TCVAE's whole-batch estimator and a calibrated Gaussian scale each end
+    with the weights of one process; evaluate --iw shards the test set and reports the numbers of one process."""
     stream = stream_job(image_folder(tmp_path / "imgs"))
     tc = {**COMMON, "model": "mlp", "model_overrides": {"hidden": [32], "latent_dim": 3},
           "data": {"spec": "digits", "limit": 200}, "training": {"objective": "beta-tcvae", "epochs": 2,
                                                                  "batch_size": 45, "precision": "fp32"}}
-    run = {name: tmp_path / name for name in ("mlp", "stream", "tc")}
+    # the sigma-VAE's scale: fitted to the global batch on every rank (its residuals summed over the ranks)
+    cal = {**COMMON, "model": "mlp", "model_overrides": {"hidden": [32], "latent_dim": 3, "likelihood": "gaussian",
+                                                         "sigma_mode": "calibrated"},
+           "data": {"spec": "digits", "limit": 200}, "training": {"epochs": 2, "batch_size": 45, "precision": "fp32"}}
+    run = {name: tmp_path / name for name in ("mlp", "stream", "tc", "cal")}
     results, launch = jobs(tmp_path, [
         {"cli": ["train", *MLP, "--out", run["mlp"]]},
         {"cli": ["evaluate", run["mlp"], "--iw", "7", "--precision", "fp32", "--json"]},
         {"api": "train", "kwargs": {**stream, "out": str(run["stream"])}},
         {"api": "train", "kwargs": {**tc, "out": str(run["tc"])}},
+        {"api": "train", "kwargs": {**cal, "out": str(run["cal"])}},
     ])
-    assert [r["code"] for r in results[0]] == [0] * 4 and results[0] == results[1]  # same weights on both ranks
+    assert [r["code"] for r in results[0]] == [0] * 5 and results[0] == results[1]  # same weights on both ranks
     r = cli("train", *MLP, "--out", tmp_path / "mlp1")  # one process, the same settings
     assert r.code == 0, r.err
     assert_same_weights(run["mlp"], tmp_path / "mlp1")
@@ -188,7 +193,7 @@ def test_two_ranks_train_and_evaluate_as_one_process(cli, tmp_path):
     assert read_metrics(run["mlp"])[-1]["ranks"] == 2 and read_metrics(tmp_path / "mlp1")[-1]["ranks"] == 1
     assert sorted(p.name for p in run["mlp"].iterdir()) == ["checkpoint.safetensors", "config.json",
                                                              "metrics.jsonl", "model.safetensors"]
-    for name, kwargs in (("stream", stream), ("tc", tc)):
+    for name, kwargs in (("stream", stream), ("tc", tc), ("cal", cal)):
         single(kwargs, tmp_path / f"{name}1")
         assert_same_weights(run[name], tmp_path / f"{name}1")
     assert_same_evaluations(cli, launch, [["evaluate", run["mlp"], "--iw", "7"]])

@@ -110,6 +110,14 @@ def test_a_calibrated_scale_is_the_batch_optimum_and_evaluation_uses_its_running
     new = (0.5 * torch.log(r2.square().mean())) if likelihood == "gaussian" else torch.log(r2.abs().mean())
     var = 0.9 * torch.exp(2 * fitted) + 0.1 * torch.exp(2 * new)
     torch.testing.assert_close(m.likelihood.log_sigma, 0.5 * torch.log(var))
+    before = m.likelihood.log_sigma.clone()
+    bad = x.clone()
+    bad[0, 0] = float("nan")  # a non-finite batch (the trainer skips its step) leaves the running scale alone
+    assert not torch.isfinite(m(bad).px.log_prob(bad)).all()
+    assert torch.equal(m.likelihood.log_sigma, before)
+    from vaekit.training.ema import EMA
+
+    assert "likelihood.log_sigma" not in EMA(m, 0.9).shadow  # fitted, not averaged: the EMA keeps the live one
     m.eval()  # evaluation scores with the running scale, a constant
     out = m(x).px
     torch.testing.assert_close(out.log_prob(x), family(out.mean, m.likelihood.log_sigma.exp()).log_prob(x).sum(1))

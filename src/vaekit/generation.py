@@ -58,12 +58,9 @@ def prior_for(run: str | Path, model, prior: str = "model", steps: int | None = 
 
         return load_gmm_prior(run), {}
     if prior == "aggregate":
-        from vaekit.data import load_data
         from vaekit.evaluation.aggregate import aggregate_posterior
-        from vaekit.run import read_run_config
 
-        cfg = read_run_config(run)
-        return aggregate_posterior(model, load_data(cfg.data, saved=cfg.data_info).train), {}
+        return aggregate_posterior(run, model), {}
     return None, {}
 
 

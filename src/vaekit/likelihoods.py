@@ -106,7 +106,8 @@ class GaussianLikelihood(Likelihood):
         return self.distribution(out, log_sigma, event_ndim=len(self.data_shape))
 
     def running_buffers(self) -> list[Tensor]:
-        """What a step changes besides the weights (under torchrun: rank 0's, broadcast after each step)."""
+        """What a step changes besides the weights: not averaged by an EMA; under torchrun every rank
+        fits the same scale, and the float buffer is rank 0's, broadcast after each step."""
         return [self.log_sigma, self.calibrations] if self.sigma_mode == "calibrated" else []
 
     @torch.no_grad()
@@ -150,10 +151,30 @@ class CalibratedScale:
     def log_prob(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             r = x.float() - self.loc.float()  # x [B, ...] against loc [B, ...] or [K, B, ...]
-            mle = torch.log(r.abs().mean()) if self.family is Laplace else 0.5 * torch.log(r.square().mean())
+            moment = r.abs() if self.family is Laplace else r.square()
+            total = _sum_over_shards(torch.stack([moment.sum(), torch.tensor(float(moment.numel()),
+                                                                               device=moment.device)]))
+            mean = total[0] / total[1]  # the global batch's, on every rank
+            mle = torch.log(mean) if self.family is Laplace else 0.5 * torch.log(mean)
             log_scale = mle.clamp(min=MIN_LOG_SIGMA)
-        self.on_fit(log_scale)
-        return self.family(self.loc, log_scale.to(self.loc.dtype), self.event_ndim).log_prob(x)
+        if torch.isfinite(log_scale):  # a non-finite batch (its step is skipped) leaves the running scale alone
+            self.on_fit(log_scale)
+        return self.family(self.loc, log_scale, self.event_ndim).log_prob(x)  # fp32 scale under autocast too
+
+
+def _sum_over_shards(t: Tensor) -> Tensor:
+    """``t`` summed over the ranks when this step's batch is split across them (torchrun), so every
+    rank fits the scale one process would fit to the whole batch; ``t`` itself otherwise."""
+    from vaekit import sharding
+
+    shard = sharding.current()
+    if shard is None or shard.size == shard.total:
+        return t
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
 
 
 @LIKELIHOODS.register("mse")

@@ -16,7 +16,7 @@ import torch
 from vaekit.errors import VaekitError
 from vaekit.evaluation.likelihood import posterior_means
 from vaekit.io import load_tensors, save_tensors
-from vaekit.models.priors import FullCovarianceMixture, MixturePrior
+from vaekit.models.priors import FullCovarianceMixture
 
 GMM_FILE = "prior_gmm.safetensors"
 COVARIANCES = ("full", "diag")
@@ -78,22 +78,37 @@ def load_gmm_prior(run: str | Path) -> FullCovarianceMixture:
     return _mixture(t)
 
 
-def aggregate_posterior(model, data, max_examples: int | None = None, batch_size: int = 1024) -> MixturePrior:
-    """q(z) = (1/N) sum_n q(z|x_n) over (the first ``max_examples`` of) ``data``, as a mixture of the
-    N diagonal-Gaussian posteriors over the flattened latent: [N, D] means and log-variances."""
+class AggregatePosterior:
+    """q(z) = (1/N) sum_n q(z|x_n) over the N examples of ``data``: an equal-weight mixture, so a draw
+    picks a training example uniformly and samples its posterior. Only the drawn examples are
+    encoded (memory O(n), whatever N and the latent size). Samples are flattened latents [n, D]."""
+
+    def __init__(self, model, data) -> None:
+        self.model, self.data = model, data
+        self.event_shape = torch.Size((int(torch.Size(model.latent_shape).numel()),))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        draw_on = generator.device if generator is not None else torch.device("cpu")
+        index = torch.randint(len(self.data), (n,), generator=generator, device=draw_on).cpu()
+        x, _ = self.data.batch(index)
+        q = self.model.encode(x.to(device))
+        eps = torch.randn(q.mean.shape, generator=generator, device=draw_on).to(device)
+        return (q.mean + temperature * q.std * eps).flatten(1).float()
+
+
+def aggregate_posterior(run: str | Path, model) -> AggregatePosterior:
+    """RUN's aggregate posterior over its training split as the run made it (image folders: centre
+    crops, no augmentation); refused for runs whose codes do not decode on their own."""
     if getattr(model, "hierarchical", False) or not hasattr(model, "encode"):
         raise VaekitError(f"--prior aggregate needs a one-layer VAE with an encoder; a {model.name} run has none")
     if getattr(model.config, "conditional", False):
         raise VaekitError("--prior aggregate: a conditional run decodes each code with its own label; "
                           "sample it with its own prior")
-    data = data.take(min(len(data), max_examples)) if max_examples else data
+    from vaekit.data import load_examples
+    from vaekit.run import read_run_config
+
+    cfg = read_run_config(run)
     model.eval()
-    device = next(model.parameters()).device
-    means, logvars = [], []
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            x, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-            q = model.encode(x.to(device))
-            means.append(q.mean.flatten(1).float().cpu())
-            logvars.append(q.logvar.flatten(1).float().cpu())
-    return MixturePrior(torch.cat(means), torch.cat(logvars))
+    return AggregatePosterior(model, load_examples(cfg.data, cfg.data_info, "train").data)

@@ -94,8 +94,10 @@ class MixturePrior:
         return torch.logsumexp(lp, dim=-1).to(dtype).reshape(shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        idx = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
-        eps = torch.randn(n, *self.event_shape, generator=generator, device=self.means.device)
+        device = self.means.device if generator is None else generator.device  # draws on the generator's device
+        idx = torch.multinomial(self.log_weights.exp().to(device), n, replacement=True, generator=generator)
+        eps = torch.randn(n, *self.event_shape, generator=generator, device=device).to(self.means.device)
+        idx = idx.to(self.means.device)
         return self.means[idx] + temperature * torch.exp(0.5 * self.logvars[idx]) * eps
 
 
@@ -114,7 +116,7 @@ class FullCovarianceMixture:
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         if generator is not None:  # torch.distributions samples from the global generator
             state = torch.get_rng_state()
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
         try:
             mix = self.dist
             idx = mix.mixture_distribution.sample((n,))

@@ -15,8 +15,12 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
+        # a module's running_buffers() (a calibrated likelihood's scale) are fitted, not trained: the
+        # averaged weights keep their live value
+        fitted = {t.data_ptr() for m in model.modules() if callable(getattr(m, "running_buffers", None))
+                  for t in m.running_buffers()}
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()
-                                          if v.dtype.is_floating_point}
+                                          if v.dtype.is_floating_point and v.data_ptr() not in fitted}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
