@@ -90,6 +90,7 @@ def test_train_and_test_shapes_differ(cli, tmp_path):
     (("--binarize", "sometimes"), "--binarize"),
     (("--hidden", "4,x"), "--hidden"),
     (("--sigma", "-2"), "--sigma"),
+    (("--sigma", "calibrated"), "--sigma calibrated fits the scale of a gaussian or laplace likelihood"),
     (("--model", "conv", "--data", "PLACEHOLDER_CSV"), "image data"),
     (("--conditional", "--data", "PLACEHOLDER_NPY"), "--conditional needs labelled data"),
 ])

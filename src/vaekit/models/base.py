@@ -80,6 +80,9 @@ class LikelihoodConfig:
         check(self.sigma_mode in SIGMA_MODES,
               f"sigma mode must be one of {', '.join(SIGMA_MODES)}, got '{self.sigma_mode}'")
         check(self.sigma > 0, f"sigma (--sigma) must be positive, got {self.sigma}")
+        check(self.sigma_mode != "calibrated" or self.likelihood in ("gaussian", "laplace"),
+              f"--sigma calibrated fits the scale of a gaussian or laplace likelihood, and the {self.likelihood} "
+              "likelihood has none; add --likelihood gaussian")
 
     @property
     def conditional(self) -> bool:
