@@ -11,10 +11,10 @@ WebP from 0/255 grey).
 vaekit: six models trained under the same budget (--minutes each, 2 CPU cores): an MLP VAE
 (784-512-256-50), a conv VAE (channels 32,64, 32 latents) and a 2-layer hvae (z 64, 32) with a
 Bernoulli likelihood on dynamically binarised training images, and the same three with the
-discretised logistic on the 8-bit images. For each: the
-model's test -ELBO and K-sample NLL on exactly the coded images (what the coder should reach), then
-``vaekit compress`` / ``vaekit decompress`` on all test images (BB-ANS for the one-layer VAEs, MLP and conv; Bit-Swap
-and the plain BB-ANS order for the hvae), the decoded array compared with the original, images/s
+discretised logistic on the 8-bit images. For each: the model's test -ELBO and K-sample NLL on
+exactly the coded images (what the coder should reach), then ``vaekit compress`` / ``vaekit
+decompress`` on all test images (BB-ANS for the one-layer VAEs, MLP and conv; Bit-Swap and the plain
+BB-ANS order for the hvae), the decoded array compared with the original, images/s
 each way (coding only, as the commands report it), the initial bits and the file's whole size.
 
 Targets: the coded rate (initial bits included) beats the best generic codec by >= 20% and is within
@@ -140,7 +140,7 @@ def main() -> None:
     n, k = (600, 5) if args.quick else (args.test_images, args.iw)
     budget = ["--epochs", "1", "--limit", "3000", "--batch-size", "128"] if args.quick else \
         ["--max-minutes", args.minutes, "--epochs", "1000", "--batch-size", "128", "--lr", "1e-3"]
-    nets = dict(zip(("vae", "conv", "hvae"), (QUICK_MLP, QUICK_CONV, QUICK_HVAE) if args.quick else (MLP, CONV, HVAE)))
+    nets = dict(zip([f for f, _ in FAMILIES], (QUICK_MLP, QUICK_CONV, QUICK_HVAE) if args.quick else (MLP, CONV, HVAE)))
     name = "compression-quick" if args.quick else "compression"
     work = RESULTS / "runs" / name
     work.mkdir(parents=True, exist_ok=True)

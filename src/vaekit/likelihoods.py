@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from vaekit import sharding
 from vaekit.distributions import Bernoulli, DiscretizedLogistic, Laplace, Normal
 from vaekit.registry import Registry
 
@@ -152,7 +153,7 @@ class CalibratedScale:
         with torch.no_grad():
             r = x.float() - self.loc.float()  # x [B, ...] against loc [B, ...] or [K, B, ...]
             moment = r.abs() if self.family is Laplace else r.square()
-            total = _sum_over_shards(torch.stack([moment.sum(), torch.tensor(float(moment.numel()),
+            total = sharding.batch_sum(torch.stack([moment.sum(), torch.tensor(float(moment.numel()),
                                                                                device=moment.device)]))
             mean = total[0] / total[1]  # the global batch's, on every rank
             mle = torch.log(mean) if self.family is Laplace else 0.5 * torch.log(mean)
@@ -161,20 +162,6 @@ class CalibratedScale:
             self.on_fit(log_scale)
         return self.family(self.loc, log_scale, self.event_ndim).log_prob(x)  # fp32 scale under autocast too
 
-
-def _sum_over_shards(t: Tensor) -> Tensor:
-    """``t`` summed over the ranks when this step's batch is split across them (torchrun), so every
-    rank fits the scale one process would fit to the whole batch; ``t`` itself otherwise."""
-    from vaekit import sharding
-
-    shard = sharding.current()
-    if shard is None or shard.size == shard.total:
-        return t
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 @LIKELIHOODS.register("mse")

@@ -9,7 +9,9 @@ draws are unchanged), and every rank consumes the same random numbers, so the ge
 lock-step and the checkpoint's RNG state is the single-process one.
 
 ``rows(start, stop, total)`` declares the shard around a step; ``draw(sample, shape, batch_dim)``
-is how a distribution (or the trainer, or a stream) draws. A draw whose batch dimension holds
+is how a distribution (or the trainer, or a stream) draws; ``batch_sum(t)`` sums a statistic over
+the ranks that hold the batch (the trainer passes ``rows`` its all_reduce), so a value fitted to the
+batch (a calibrated likelihood's scale) is the global batch's on every rank. A draw whose batch dimension holds
 ``m * (stop - start)`` rows is taken as m sample-major copies of the shard (``x.repeat(m, ...)``,
 as the ladder's k-sample path does); any other size is drawn as asked (it has no global meaning).
 """
@@ -30,6 +32,7 @@ class Shard:
     start: int  # this rank's first row of the global batch
     stop: int
     total: int  # rows in the global batch
+    sum_ranks: Callable[[Tensor], Tensor] | None = None  # a tensor summed over the ranks sharing the batch
 
     @property
     def size(self) -> int:
@@ -40,9 +43,11 @@ _SHARD: ContextVar[Shard | None] = ContextVar("vaekit_shard", default=None)
 
 
 @contextlib.contextmanager
-def rows(start: int, stop: int, total: int) -> Iterator[Shard]:
-    """Within this block, batch-shaped draws are those of rows [start, stop) of a ``total``-row batch."""
-    shard = Shard(start, stop, total)
+def rows(start: int, stop: int, total: int,
+         sum_ranks: Callable[[Tensor], Tensor] | None = None) -> Iterator[Shard]:
+    """Within this block, batch-shaped draws are those of rows [start, stop) of a ``total``-row batch
+    (and ``batch_sum`` uses ``sum_ranks``)."""
+    shard = Shard(start, stop, total, sum_ranks)
     token = _SHARD.set(shard)
     try:
         yield shard
@@ -52,6 +57,14 @@ def rows(start: int, stop: int, total: int) -> Iterator[Shard]:
 
 def current() -> Shard | None:
     return _SHARD.get()
+
+
+def batch_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the ranks that share this step's batch; ``t`` itself in one process."""
+    s = _SHARD.get()
+    if s is None or s.size == s.total or s.sum_ranks is None:
+        return t
+    return s.sum_ranks(t)
 
 
 def global_rows(local: int) -> int:

@@ -110,5 +110,4 @@ def aggregate_posterior(run: str | Path, model) -> AggregatePosterior:
     from vaekit.run import read_run_config
 
     cfg = read_run_config(run)
-    model.eval()
     return AggregatePosterior(model, load_examples(cfg.data, cfg.data_info, "train").data)

@@ -333,14 +333,20 @@ def running_stat_buffers(modules: Iterable[torch.nn.Module]) -> list[Tensor]:
     whatever a module lists in ``running_buffers()`` (a calibrated likelihood's running scale)."""
     from torch.nn.modules.batchnorm import _NormBase
 
+    modules = list(modules)
     out: list[Tensor] = []
     for m in modules:
         for sub in m.modules():
             if isinstance(sub, _NormBase) and sub.track_running_stats and sub.running_mean is not None:
                 out += [sub.running_mean, sub.running_var]
-            elif callable(getattr(sub, "running_buffers", None)):
-                out += sub.running_buffers()
-    return out
+    return out + fitted_buffers(modules)
+
+
+def fitted_buffers(modules: Iterable[torch.nn.Module]) -> list[Tensor]:
+    """What modules list in ``running_buffers()``: state fitted to the data during training (a
+    calibrated likelihood's scale), not trained, so an EMA leaves it out."""
+    return [t for m in modules for sub in m.modules() if callable(getattr(sub, "running_buffers", None))
+            for t in sub.running_buffers()]
 
 
 class GradientSync:

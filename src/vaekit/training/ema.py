@@ -10,15 +10,15 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from vaekit.training.distributed import fitted_buffers
+
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        # a module's running_buffers() (a calibrated likelihood's scale) are fitted, not trained: the
-        # averaged weights keep their live value
-        fitted = {t.data_ptr() for m in model.modules() if callable(getattr(m, "running_buffers", None))
-                  for t in m.running_buffers()}
+        # fitted, not trained (a calibrated likelihood's scale): the averaged weights keep its live value
+        fitted = {t.data_ptr() for t in fitted_buffers([model])}
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()
                                           if v.dtype.is_floating_point and v.data_ptr() not in fitted}
 

@@ -225,6 +225,8 @@ class Trainer:
         self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers} \
             if self.precision.name == "fp16" else {}
         self.sync = distributed.GradientSync(self.world)
+        # how a statistic fitted to the batch (sharding.batch_sum) sums over the ranks
+        self._sum_ranks = (lambda t: distributed.all_reduce_sum(t, self.world)) if self.world.distributed else None
         self._running_stats = distributed.running_stat_buffers([self.model, self.objective])
         writer = self.world.writer  # rank 0 alone logs, draws the progress bar and writes files
         self.progress = writer and (sys.stderr.isatty() if progress is None else progress)
@@ -347,7 +349,7 @@ class Trainer:
         ctx.skipped = False
         ctx.stepped = set()
         ctx.accumulating = (b + 1) % cfg.grad_accum != 0 and b + 1 < self.steps_per_epoch
-        with sharding.rows(start, stop, total):  # random draws are the global batch's rows
+        with sharding.rows(start, stop, total, self._sum_ranks):  # draws and fitted statistics: the global batch's
             batch = self._batch(index[start:stop])
             metrics = self.objective.training_step(self.model, batch, ctx)
         if world.distributed and self._running_stats:  # BatchNorm statistics: rank 0's, as DDP broadcasts them
