@@ -20,8 +20,10 @@
 
 Budgets, stated per model: every deep model (vaekit's VAE, PyOD's VAE and AutoEncoder) trains for
 --epochs epochs (PyOD's VAE default is 30) on the same data (tabular: 300 epochs of 178 rows); the
-vaekit VAE is an MLP 784-512-256 with 16 latents, batch 128, Adam 1e-3 (one-class: Gaussian likelihood
-with a learned scale; OOD: discretised logistic; tabular: 30-64-32, 4 latents, Gaussian likelihood, batch 32).
+vaekit VAE is, one-class: a conv VAE (channels 32,64, 16 latents, Gaussian likelihood with a learned scale;
+its latent score beat the MLP's by 0.014 mean AUROC in a 10-epoch comparison, 0.9276 against 0.9135);
+OOD: an MLP 784-512-256 with 16 latents and the discretised logistic; tabular: 30-64-32, 4 latents,
+Gaussian likelihood, batch 32. Batch 128 and Adam 1e-3 unless stated.
 scikit-learn's baselines train to convergence: IsolationForest (200 trees), OneClassSVM (RBF, gamma
 "scale", nu 0.1), PCA (the components that explain 90% of the variance). PyOD runs with its defaults
 otherwise (preprocessing=True standardises the features). Seeds: training seed 0 everywhere (vaekit
@@ -29,7 +31,7 @@ otherwise (preprocessing=True standardises the features). Seeds: training seed 0
 vaekit's scores: K = --k draws, regret with --steps steps.
 
 Run: python bench/anomaly.py [--epochs 30] [--k 100] [--steps 100] [--classes 0,...,9]
-                             [--parts oneclass,ood,tabular]
+                             [--parts oneclass,ood,tabular] [--oneclass-scores nll,elbo,recon,latent]
      python bench/anomaly.py --quick   (a few minutes: class 0, small subsets, 2 epochs; checks the pipeline)
 """
 
@@ -49,6 +51,7 @@ from common import RESULTS, VAEKIT, machine, markdown_table, require_fashion_mni
 SCORES = ["nll", "elbo", "recon", "latent", "complexity", "regret"]
 TABLE_SCORES = ["nll", "elbo", "recon", "latent", "regret"]  # complexity compresses images
 BASELINES = ["IsolationForest", "OneClassSVM", "PCA", "PyOD VAE", "PyOD AE"]
+CONV = ["--model", "conv", "--channels", "32,64", "--latent-dim", "16", "--batch-size", "128", "--lr", "1e-3"]
 MLP = ["--model", "mlp", "--hidden", "512,256", "--latent-dim", "16", "--batch-size", "128", "--lr", "1e-3"]
 TABLE_MLP = ["--model", "mlp", "--hidden", "64,32", "--latent-dim", "4", "--likelihood", "gaussian",
              "--batch-size", "32", "--lr", "1e-3"]
@@ -121,9 +124,9 @@ def one_class(args, work: Path) -> tuple[list[dict], str]:
         np.savez(folder / "test.npz", x=x_test, y=y_test)
         others = ",".join(str(k) for k in range(10) if k != c)
         print(f"anomaly: one-class, class {c}: {int((y == c).sum())} training images", file=sys.stderr, flush=True)
-        scores, seconds = vaekit_scores(folder / "train.npz", folder, [*MLP, "--likelihood", "gaussian"], args.epochs,
+        scores, seconds = vaekit_scores(folder / "train.npz", folder, [*CONV, "--likelihood", "gaussian"], args.epochs,
                                         ["--data", folder / "test.npz", "--anomaly-classes", others, *args.score_args],
-                                        SCORES)
+                                        args.oneclass_scores)
         labels = (y_test != c).astype(int)
         row = {"class": c, **{f"vaekit {s}": v for s, v in scores.items()}, "vaekit train s": seconds}
         row.update(baselines(x[y == c] / 255.0, x_test / 255.0, labels, folder, args.epochs, standardise=False))
@@ -133,8 +136,8 @@ def one_class(args, work: Path) -> tuple[list[dict], str]:
         if key != "class":
             mean[key] = float(np.mean([r[key] for r in rows]))
     rows.append(mean)
-    cols = ["class", *[f"vaekit {s}" for s in SCORES], *BASELINES]
-    vk = max(mean[f"vaekit {s}"] for s in SCORES)
+    cols = ["class", *[f"vaekit {s}" for s in args.oneclass_scores], *BASELINES]
+    vk = max(mean[f"vaekit {s}"] for s in args.oneclass_scores)
     base = max(mean[b] for b in BASELINES)
     text = (f"### One-class Fashion-MNIST (AUROC; train on one class, the other nine are anomalies)\n\n"
             f"{markdown_table(rows, cols)}\n\nbest vaekit score / best baseline (mean AUROC): {vk:.4f} / {base:.4f} = "
@@ -246,15 +249,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="vaekit regret: Adam steps (default 100)")
     p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
     p.add_argument("--parts", default="oneclass,ood,tabular")
+    p.add_argument("--oneclass-scores", default=",".join(SCORES),
+                   help="the vaekit scores of the one-class part (default all; regret and K = 100 cost ~20 "
+                        "minutes a class for the conv VAE on a 2-core CPU)")
     p.add_argument("--quick", action="store_true", help="check the pipeline in a minute or two (numbers meaningless)")
     args = p.parse_args()
     if args.quick:
         args.epochs, args.k, args.steps, args.classes = 2, 10, 10, "0"
     args.classes = [int(c) for c in args.classes.split(",") if c]
+    args.oneclass_scores = [c for c in args.oneclass_scores.split(",") if c]
+    if unknown := sorted(set(args.oneclass_scores) - set(SCORES)):
+        p.error(f"unknown score '{unknown[0]}' (choose from: {', '.join(SCORES)})")
     args.score_args = ["-k", str(args.k), "--steps", str(args.steps)]
     work = RESULTS / "runs" / ("anomaly-quick" if args.quick else "anomaly")
     parts = {"oneclass": one_class, "ood": out_of_distribution, "tabular": tabular}
-    payload, texts = {"epochs": args.epochs, "k": args.k, "steps": args.steps, "quick": args.quick}, []
+    payload, texts = {"epochs": args.epochs, "k": args.k, "steps": args.steps, "quick": args.quick,
+                      "oneclass_scores": args.oneclass_scores}, []
     for name in [q for q in args.parts.split(",") if q]:
         rows, text = parts[name](args, work)
         payload[name] = rows
