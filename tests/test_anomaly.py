@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,32 +54,47 @@ def blob_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def background(blob_run):
+    """The ratio score's background model: the same network on the same blobs, 30% of the pixels noise."""
+    run, _, _ = blob_run
+    model, _ = tiny_train(run.parent / "background", data=str(run.parent / "blobs.npz"), epochs=20,
+                          data_options={"perturb": 0.3})
+    return run.parent / "background", model
+
+
+@pytest.fixture(scope="module")
 def planted(blob_run):
     """60 new inliers, then the 20 simple images as planted outliers."""
     return torch.from_numpy(np.concatenate([blobs(60, 5)[0], simple_images()])), np.r_[np.zeros(60), np.ones(20)]
 
 
-def test_every_score_ranks_planted_outliers_above_every_inlier(blob_run, planted):
+def test_every_score_ranks_planted_outliers_above_every_inlier(blob_run, background, planted):
     _, model, train_x = blob_run
     x, label = planted
-    scores = score_all(model, x, SCORES, FEW, prior=latent_prior(model, reference=train_x))
+    scores = score_all(model, x, SCORES, FEW, prior=latent_prior(model, reference=train_x), background=background[1])
     for name, s in scores.items():
         assert s.dtype == torch.float64 and s.shape == (80,)
-        assert s[label == 1].min() > s[label == 0].max(), name
+        if name != "ratio":
+            assert s[label == 1].min() > s[label == 0].max(), name
+    # the ratio keeps only what the background model does not explain: one stripe pattern of the 20 is
+    # as easy for the noise-trained model, so it ranks far above most inliers but not all
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(label, scores["ratio"].numpy()) > 0.97
 
 
-def test_scores_are_deterministic_and_do_not_depend_on_the_batch(blob_run, planted):
+def test_scores_are_deterministic_and_do_not_depend_on_the_batch(blob_run, background, planted):
     _, model, train_x = blob_run
     x, _ = planted
-    prior = latent_prior(model, reference=train_x)
-    whole = score_all(model, x, SCORES, QUICK, prior=prior)
-    again = score_all(model, x, SCORES, QUICK, prior=prior)
+    prior, bg = latent_prior(model, reference=train_x), background[1]
+    whole = score_all(model, x, SCORES, QUICK, prior=prior, background=bg)
+    again = score_all(model, x, SCORES, QUICK, prior=prior, background=bg)
     for name in SCORES:
         assert torch.equal(whole[name], again[name]), name  # bit-equal across calls
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
-    shuffled = score_all(model, x[order], SCORES, QUICK, prior=prior)
-    alone = {name: torch.cat([score_all(model, x[i : i + 1], (name,), QUICK, prior=prior)[name] for i in (3, 70)])
-             for name in SCORES}
+    shuffled = score_all(model, x[order], SCORES, QUICK, prior=prior, background=bg)
+    alone = {name: torch.cat([score_all(model, x[i : i + 1], (name,), QUICK, prior=prior, background=bg)[name]
+                              for i in (3, 70)]) for name in SCORES}
     for name in SCORES:  # any batch, any position: the same up to float rounding of batched matmuls
         torch.testing.assert_close(shuffled[name], whole[name][order], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(alone[name], whole[name][[3, 70]], rtol=1e-5, atol=1e-5)
@@ -108,6 +124,42 @@ def test_scores_have_their_closed_forms(blob_run, planted):
     assert (compressed_bits(x, (0.0, 1.0), "best") <= bits).all()
     # optimising q(z|x) for an input the encoder never saw raises its ELBO
     assert (score(model, planted[0][60:70], "regret", k=64) > 0.5).all()
+
+
+def test_ratio_is_the_difference_of_two_nlls(blob_run, background, planted):
+    run, model, _ = blob_run
+    bg_run, bg = background
+    x = planted[0]
+    ratio = score(model, x, "ratio", k=16, background=bg)
+    torch.testing.assert_close(ratio, score(model, x, "nll", k=16) - score(bg, x, "nll", k=16))
+    assert torch.equal(score(run, x, "ratio", k=16, background=bg_run), ratio)  # run directories work too
+    assert torch.equal(score(model, x, "ratio", k=16, background=model), torch.zeros(len(x), dtype=torch.float64))
+
+
+def test_perturbation_replaces_the_asked_share_with_values_of_the_data(tmp_path):
+    from vaekit.data import DataInfo
+    from vaekit.data.perturb import perturb
+
+    torch.manual_seed(0)
+    x = torch.full((64, 1, 16, 16), 128 / 255)
+    eight_bit = perturb(x, 0.25, DataInfo(kind="image", input_range=(0.0, 1.0)), binary=False)
+    changed = eight_bit != x  # a quarter of the values, less the 1/256 that draw their own level
+    assert abs(changed.float().mean().item() - 0.25 * 255 / 256) < 0.01
+    levels = eight_bit * 255
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+    assert levels.min() == 0 and levels.max().round() == 255
+    assert perturb(x, 0.3, DataInfo(kind="image", input_range=(-1.0, 1.0)), binary=False).min() == -1
+    assert perturb(x, 0.5, DataInfo(kind="image"), binary=True).unique().tolist() == [0.0, x[0, 0, 0, 0].item(), 1.0]
+    rows = perturb(torch.zeros(4096, 3), 0.5, DataInfo(kind="vector", value_range=(-2.0, 3.0)), binary=False)
+    assert rows.min() >= -2 and rows.max() < 3 and abs((rows != 0).float().mean().item() - 0.5) < 0.03
+    assert perturb(x, 0.0, DataInfo(), binary=False) is x
+    # through the trainer: a seeded background run is reproducible
+    data = tmp_path / "b.npz"
+    np.savez(data, x=blobs(100, 2)[0])
+    runs = [tiny_train(tmp_path / f"r{i}", data=str(data), epochs=2, data_options={"perturb": 0.2})[1]
+            for i in range(2)]
+    plain = tiny_train(tmp_path / "plain", data=str(data), epochs=2)[1]
+    assert runs[0][-1]["train_loss"] == runs[1][-1]["train_loss"] != plain[-1]["train_loss"]
 
 
 def test_threshold_gives_the_asked_fpr_within_one_over_n():
@@ -185,7 +237,7 @@ def hvae_run(tmp_path_factory):
     return out, model
 
 
-def test_bad_inputs_are_one_line_errors_that_write_nothing(cli, blob_run, hvae_run, tmp_path):
+def test_bad_inputs_are_one_line_errors_that_write_nothing(cli, blob_run, background, hvae_run, tmp_path):
     run, _, _ = blob_run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     out = tmp_path / "s.csv"
@@ -203,12 +255,48 @@ def test_bad_inputs_are_one_line_errors_that_write_nothing(cli, blob_run, hvae_r
     assert_user_error(cli("anomaly", run, "--out", tmp_path / "s.txt"), ".csv")
     assert_user_error(cli("anomaly", hvae_run[0], "--score", "nll,regret", "--out", out), "regret", "hvae",
                       "not one encoder output to optimise")
+    # the ratio score's background model
+    assert_user_error(cli("anomaly", run, "--score", "ratio", "--out", out), "ratio", "background model", "--perturb")
+    assert_user_error(cli("anomaly", run, "--score", "nll", "--background", background[0], "--out", out),
+                      "add ratio to --score")
+    assert_user_error(cli("anomaly", run, "--score", "ratio", "--background", run, "--out", out),
+                      "is the run being scored")
+    assert_user_error(cli("anomaly", run, "--score", "ratio", "--background", tmp_path, "--out", out),
+                      "not a vaekit run directory")
+    gaussian = run.parent / "gaussian"
+    tiny_train(gaussian, data=str(run.parent / "blobs.npz"), epochs=1, overrides={"likelihood": "gaussian"})
+    assert_user_error(cli("anomaly", run, "--score", "ratio", "--background", gaussian, "--out", out),
+                      "likelihood is gaussian", "bernoulli")
+    with pytest.raises(Exception, match=r"shape \(1, 9, 9\); this run.s are \(1, 8, 8\)"):
+        score(run, torch.zeros(2, 1, 8, 8), "ratio", background=tiny_train(
+            run.parent / "wide", data=str(tmp_path / "wide.npy"), epochs=1)[0])
+    shutil.rmtree(run.parent / "wide")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.npy", "wide.npy"]
     with pytest.raises(Exception, match="unknown score"):
         score(run, torch.zeros(1, 1, 8, 8), "nope")
     with pytest.raises(Exception, match="bernoulli likelihood of grey levels is a cross-entropy"):
         score(run, torch.full((1, 1, 8, 8), 0.5), "complexity")
+
+
+def test_anomaly_command_scores_the_ratio_and_reopens_its_background(cli, blob_run, background, planted, tmp_path):
+    run, model, _ = blob_run
+    x, label = planted
+    data = tmp_path / "mixed.npz"
+    np.savez(data, x=x.numpy(), y=np.where(label == 1, 9, 0))
+    r = cli("anomaly", run, "--data", data, "--anomaly-classes", "9", "--score", "ratio,nll", "-k", "16",
+            "--background", background[0], "--out", tmp_path / "s.csv", "--json", "--no-figures")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["score"] == "ratio" and set(summary["per_score"]) == {"ratio", "nll"}
+    with open(tmp_path / "s.csv") as f:
+        column = [float(row["ratio"]) for row in csv.DictReader(f)]
+    expected = score(model, x, "ratio", k=16, background=background[1])
+    np.testing.assert_allclose(column, expected.numpy(), atol=1e-5)
+    assert load_calibration(run).background == str(background[0].resolve())
+    s, threshold, flags = score_against_threshold(run, x)  # the background reopened from the calibration
+    torch.testing.assert_close(s, expected)
+    assert threshold == summary["threshold"] and torch.equal(flags, s > threshold)
 
 
 def test_hierarchical_scores_are_seeded_per_example_too(cli, hvae_run, tmp_path):
@@ -244,6 +332,13 @@ def test_detector_follows_pyod_conventions(tmp_path):
     conv = VAEDetector(model="conv", channels=(8,), latent_dim=2, epochs=2, k=4, image_shape=(1, 8, 8),
                        anomaly_score="elbo").fit(imgs)
     assert conv.decision_function(imgs[:5]).shape == (5,)
+    # the ratio trains a background VAE on perturbed rows, kept beside the run and named by its calibration
+    ratio = VAEDetector(anomaly_score="ratio", perturb=0.3, epochs=5, hidden=(32,), latent_dim=4, k=8,
+                        run_dir=str(tmp_path / "ratio")).fit(benign[:300])
+    assert load_calibration(tmp_path / "ratio").background == str((tmp_path / "ratio-background").resolve())
+    expected = score(tmp_path / "ratio", ratio._prepare(malignant[:5]), "ratio", k=8,
+                     background=tmp_path / "ratio-background")
+    np.testing.assert_allclose(ratio.decision_function(malignant[:5]), expected.numpy())
 
 
 # scikit-learn's estimator checks with tiny settings. VAEDetector declares no estimator type, so

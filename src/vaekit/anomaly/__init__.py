@@ -3,7 +3,7 @@ out-of-distribution data (Nalisnick et al. 2019), a threshold calibrated on held
 scikit-learn-style detector.
 
 - ``score(model, x, score="nll")``: one score per example (nll, elbo, recon, latent, complexity,
-  regret; higher = more anomalous), deterministic;
+  regret, ratio; higher = more anomalous), deterministic;
 - ``load_calibration(run)`` / ``score_against_threshold(run_or_model, x)``: RUN/anomaly.json, as
   `vaekit anomaly` saves it, and new inputs scored against its threshold;
 - ``VAEDetector``: ``fit(X)``, ``decision_function(X)``, ``predict(X)``, ``threshold_`` (PyOD's conventions).

@@ -48,6 +48,7 @@ class Calibration:
     split: str = "val"
     n: int = 0
     flagged: int = 0
+    background: str = ""  # the ratio score's background run (absolute path), when one was used
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -70,18 +71,19 @@ def load_calibration(run: str | Path) -> Calibration:
 
 
 def calibrate(scores: dict[str, Tensor], primary: str, fpr: float, settings: ScoreSettings, data: str,
-              split: str) -> Calibration:
+              split: str, background: str = "") -> Calibration:
     thresholds = {name: threshold_at(s.numpy(), fpr) for name, s in scores.items()}
     flagged = int((scores[primary] > thresholds[primary]).sum())
     return Calibration(primary, thresholds[primary], fpr, settings, thresholds, data, split,
-                       len(scores[primary]), flagged)
+                       len(scores[primary]), flagged, background)
 
 
 def score_against_threshold(run_or_model, x: Tensor, *, calibration: Calibration | None = None,
-                            y: Tensor | None = None, prior=None) -> tuple[Tensor, float, Tensor]:
+                            y: Tensor | None = None, prior=None, background=None) -> tuple[Tensor, float, Tensor]:
     """(score [N], threshold, flagged [N] bool) of new examples ``x`` (as the model takes them) under a
     saved calibration: RUN/anomaly.json for a run directory, or ``calibration`` for a model. The score
-    is computed with the calibration's own settings, so it is comparable with its threshold."""
+    is computed with the calibration's own settings, so it is comparable with its threshold. A ``ratio``
+    calibration reopens its background run unless ``background`` (a model) is given."""
     model, run = run_or_model, None
     if not isinstance(run_or_model, torch.nn.Module):
         from vaekit.run import load
@@ -98,5 +100,11 @@ def score_against_threshold(run_or_model, x: Tensor, *, calibration: Calibration
             raise VaekitError("the latent score of a model needs prior= (the aggregate posterior's mixture)")
         prior = latent_prior(model, run=run, components=calibration.settings.components,
                              seed=calibration.settings.seed)
-    s = score_all(model, x, (name,), calibration.settings, y=y, prior=prior)[name]
+    if name == "ratio" and background is None:
+        if not calibration.background:
+            raise VaekitError("this ratio calibration names no background run: pass background=")
+        from vaekit.run import load
+
+        background = load(calibration.background, device=str(next(model.parameters()).device), precision="fp32")
+    s = score_all(model, x, (name,), calibration.settings, y=y, prior=prior, background=background)[name]
     return s, calibration.threshold, s > calibration.threshold

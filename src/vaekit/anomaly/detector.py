@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,16 @@ class VAEDetector(BaseEstimator):
 
     ``model`` is ``mlp`` (any data) or ``conv`` (images). The VAE's run is kept in ``run_dir`` when
     given (with its calibration, anomaly.json, so that `vaekit anomaly` and ``load_calibration`` see
-    it), else trained in a temporary folder that is removed after ``fit``.
+    it), else trained in a temporary folder that is removed after ``fit``. ``anomaly_score="ratio"``
+    trains a second, background VAE on X with a share ``perturb`` of its values replaced by noise (Ren
+    et al. 2019), kept beside ``run_dir`` as ``<run_dir>-background``.
     """
 
     def __init__(self, anomaly_score: str = "nll", contamination: float = 0.1, model: str = "mlp",
                  hidden: tuple[int, ...] = (128, 64), latent_dim: int = 8, channels: tuple[int, ...] = (16, 32),
                  likelihood: str = "auto", epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, k: int = 16,
-                 steps: int = 100, image_shape: tuple[int, ...] | None = None, run_dir: str | None = None,
-                 random_state: int = 0, device: str = "cpu"):
+                 steps: int = 100, perturb: float = 0.2, image_shape: tuple[int, ...] | None = None,
+                 run_dir: str | None = None, random_state: int = 0, device: str = "cpu"):
         self.anomaly_score = anomaly_score
         self.contamination = contamination
         self.model = model
@@ -51,6 +54,7 @@ class VAEDetector(BaseEstimator):
         self.lr = lr
         self.k = k
         self.steps = steps
+        self.perturb = perturb
         self.image_shape = image_shape
         self.run_dir = run_dir
         self.random_state = random_state
@@ -84,6 +88,16 @@ class VAEDetector(BaseEstimator):
                                    seed=int(self.random_state), device=self.device)
             model, _ = train(run, model=self.model, model_overrides=overrides, data=data, training=training,
                              overwrite=self.run_dir is not None, progress=False, log=lambda _msg: None)
+            self.background_, background_run = None, ""
+            if name[0] == "ratio":
+                if not 0 < self.perturb < 1:
+                    raise ValueError(f"perturb must be in (0, 1), got {self.perturb}")
+                bg = run.with_name(f"{run.name}-background")
+                self.background_, _ = train(bg, model=self.model, model_overrides=overrides,
+                                            data=replace(data, perturb=float(self.perturb)), training=training,
+                                            overwrite=self.run_dir is not None, progress=False, log=lambda _msg: None)
+                self.background_.eval()
+                background_run = str(bg.resolve()) if self.run_dir is not None else ""
             from vaekit.run import read_run_config
 
             self.data_info_ = read_run_config(run).data_info
@@ -101,7 +115,7 @@ class VAEDetector(BaseEstimator):
             if self.run_dir is not None:
                 save_calibration(run, Calibration(name[0], self.threshold_, self.contamination, self.settings_,
                                                   {name[0]: self.threshold_}, "the X given to VAEDetector.fit",
-                                                  "train", len(X), int(self.labels_.sum())))
+                                                  "train", len(X), int(self.labels_.sum()), background_run))
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -161,5 +175,6 @@ class VAEDetector(BaseEstimator):
 
     def _scores(self, x) -> np.ndarray:
         name = parse_scores(self.anomaly_score)[0]
-        s = score_all(self.model_, x, (name,), self.settings_, prior=self.prior_)[name]
+        s = score_all(self.model_, x, (name,), self.settings_, prior=self.prior_,
+                      background=getattr(self, "background_", None))[name]
         return s.numpy().astype(np.float64)

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor
 
 from vaekit.anomaly.calibration import Calibration, calibrate, save_calibration
-from vaekit.anomaly.scores import ScoreSettings, applicable_scores, check_scores, latent_prior, parse_scores, score_all
+from vaekit.anomaly.scores import (
+    ScoreSettings,
+    applicable_scores,
+    check_background,
+    check_scores,
+    latent_prior,
+    parse_scores,
+    score_all,
+)
 from vaekit.config import check, replace
 from vaekit.errors import VaekitError
 
@@ -28,6 +36,7 @@ class AnomalyRequest:
     settings: ScoreSettings = field(default_factory=ScoreSettings)
     anomaly_classes: tuple[int, ...] | None = None  # labels of the anomalous classes in ``data``
     ood_data: str | None = None  # anomalies, scored together with the run's test split (normal)
+    background: Path | None = None  # the ratio score's background run (trained with --perturb)
     out: Path | None = None  # the CSV (default RUN/anomaly_scores.csv)
     figures: bool = True  # ROC curve and score histogram beside the CSV, when labels are known
     device: str = "cpu"
@@ -65,8 +74,11 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     names = parse_scores(req.scores)
     every = list(req.scores) == ["all"] or req.scores == "all"
     check(0 < req.fpr < 1, f"--fpr must be in (0, 1), got {req.fpr}")
+    background = open_background(req.background, run, req.device, model)
+    if background is not None and not every and "ratio" not in names:
+        raise VaekitError("--background is the ratio score's background model; add ratio to --score")
     if not every:
-        check_scores(model, names)
+        check_scores(model, names, background)
     if req.anomaly_classes is not None and req.ood_data is not None:
         raise VaekitError("--anomaly-classes and --ood-data are two ways to say which examples are anomalous; "
                           "give one")
@@ -102,16 +114,17 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     cal_split = "val" if splits.val is not None and len(splits.val) else "test"
     cal_data = splits.split(cal_split)
     if every:  # --score all: those this model gives for this data
-        names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0])
+        names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0], background)
     prior = None
     if "latent" in names:
         prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed)
-    cal_scores = score_data(model, cal_data, names, req.settings, prior, req.progress, "calibrate")
-    calibration = calibrate(cal_scores, names[0], req.fpr, req.settings, cfg.data.spec, cal_split)
+    cal_scores = score_data(model, cal_data, names, req.settings, prior, req.progress, "calibrate", background)
+    calibration = calibrate(cal_scores, names[0], req.fpr, req.settings, cfg.data.spec, cal_split,
+                            "" if background is None else str(Path(req.background).resolve()))
 
     scores = {n: [] for n in names}
     for _, data, _ in parts:
-        for n, s in score_data(model, data, names, req.settings, prior, req.progress, "score").items():
+        for n, s in score_data(model, data, names, req.settings, prior, req.progress, "score", background).items():
             scores[n].append(s)
     scores = {n: torch.cat(v) for n, v in scores.items()}
     flags = scores[names[0]] > calibration.threshold
@@ -126,8 +139,24 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     return AnomalyReport(calibration, len(flags), int(flags.sum()), out, metrics, written, path)
 
 
+def open_background(path: str | Path | None, run: Path, device: str, model):
+    """The ratio score's background model from its run directory (None: none given), on ``device``."""
+    if path is None:
+        return None
+    from vaekit.run import load
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise VaekitError(f"--background {path}: not a vaekit run directory (no config.json)")
+    if path.resolve() == Path(run).resolve():
+        raise VaekitError(f"--background {path} is the run being scored: the ratio would be 0 for every example")
+    background = load(path, device=device, precision="fp32")
+    check_background(model, background)
+    return background
+
+
 def score_data(model, data, names, settings: ScoreSettings, prior=None, progress: bool = False,
-               desc: str = "score") -> dict[str, Tensor]:
+               desc: str = "score", background=None) -> dict[str, Tensor]:
     """Scores of every example of ``data`` (``len`` and ``batch(index)``), read in chunks."""
     import sys
 
@@ -139,7 +168,8 @@ def score_data(model, data, names, settings: ScoreSettings, prior=None, progress
         for start in range(0, len(data), CHUNK):
             x, y = data.batch(torch.arange(start, min(start + CHUNK, len(data))))
             y = y if model.config.conditional else None
-            for n, s in score_all(model, x.to(device), names, settings, y=y, prior=prior).items():
+            for n, s in score_all(model, x.to(device), names, settings, y=y, prior=prior,
+                                  background=background).items():
                 out[n].append(s)
             bar.update(len(x))
     return {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for n, v in out.items()}

@@ -16,7 +16,12 @@
   Detection Score for Variational Auto-encoder"): ELBO(x; q*) - ELBO(x; q_encoder), where q* is the
   posterior's mean and log-variance optimised for this one input by Adam (``steps``, ``lr``) from the
   encoder's values, nats. We optimise the posterior parameters, not a copy of the encoder's weights:
-  the per-example parameters are independent, so a whole batch is optimised at once.
+  the per-example parameters are independent, so a whole batch is optimised at once;
+- ``ratio``: the likelihood ratio (Ren et al. 2019, "Likelihood Ratios for Out-of-Distribution
+  Detection"): this model's ``nll`` minus the ``nll`` of a background model, a run trained on the same
+  data with ``--perturb`` (its inputs partly replaced by noise, so that it learns the low-level
+  statistics that dominate the likelihood and less of the semantics), both with the same K and seed,
+  nats. Ren et al. tune the perturbation rate on held-out data; vaekit leaves it to the training run.
 
 Determinism: every example's noise comes from its own generator, seeded by (seed, a stream name, a
 hash of the example's values; nll, elbo, recon and complexity share one stream, regret has its own),
@@ -41,7 +46,7 @@ from torch import Tensor
 from vaekit.config import check
 from vaekit.errors import VaekitError
 
-SCORES = ("nll", "elbo", "recon", "latent", "complexity", "regret")
+SCORES = ("nll", "elbo", "recon", "latent", "complexity", "regret", "ratio")
 CODECS = ("png", "best")
 ROWS = 4096  # (example, draw) pairs decoded at once: bounds memory whatever K is
 DRAWS = "draws"  # nll, elbo, recon and complexity share one stream of draws: -ELBO = recon + KL exactly
@@ -80,10 +85,12 @@ def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def applicable_scores(model, x: Tensor | None = None) -> tuple[str, ...]:
+def applicable_scores(model, x: Tensor | None = None, background=None) -> tuple[str, ...]:
     """The scores this model can give (``--score all``); ``x``, a few examples, decides whether a Bernoulli
-    model's data are binary (complexity)."""
+    model's data are binary (complexity); ``ratio`` needs a ``background`` model."""
     names = [n for n in SCORES if n != "regret" or not getattr(model, "hierarchical", False)]
+    if background is None:
+        names.remove("ratio")
     shape = tuple(model.config.data_shape)
     binary = x is not None and bool(((x == 0) | (x == 1)).all())
     if len(shape) != 3 or shape[0] not in (1, 3) or (model.config.likelihood == "bernoulli" and not binary):
@@ -91,8 +98,10 @@ def applicable_scores(model, x: Tensor | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def check_scores(model, names: tuple[str, ...]) -> None:
+def check_scores(model, names: tuple[str, ...], background=None) -> None:
     """One-line errors for scores this model cannot give."""
+    if "ratio" in names:
+        check_background(model, background)
     if "regret" in names and getattr(model, "hierarchical", False):
         raise VaekitError(f"the regret score optimises the parameters of one Gaussian posterior q(z|x); the "
                           f"{model.name} model has a hierarchy of posteriors, not one encoder output to optimise")
@@ -101,6 +110,23 @@ def check_scores(model, names: tuple[str, ...]) -> None:
     if "complexity" in names and model.config.data_shape[0] not in (1, 3):
         raise VaekitError(f"the complexity score compresses grey or RGB images; these have "
                           f"{model.config.data_shape[0]} channels")
+
+
+def check_background(model, background) -> None:
+    """The ratio score's background model must score the same examples as the model."""
+    if background is None:
+        raise VaekitError("the ratio score needs a background model (--background RUN, or background= in Python): "
+                          "a run trained on the same data with --perturb")
+    if tuple(background.config.data_shape) != tuple(model.config.data_shape):
+        raise VaekitError(f"the background model takes examples of shape {tuple(background.config.data_shape)}; "
+                          f"this run's are {tuple(model.config.data_shape)}")
+    if background.config.conditional and not model.config.conditional:
+        raise VaekitError("the background model is conditional on class labels and this run is not: train the "
+                          "background model as the run was trained, with --perturb")
+    if background.config.likelihood != model.config.likelihood:
+        raise VaekitError(f"the background model's likelihood is {background.config.likelihood}, this run's is "
+                          f"{model.config.likelihood}: a ratio of a density and a probability, or of two "
+                          "different supports, is not a likelihood ratio")
 
 
 # -- noise: one generator per example ---------------------------------------------------------------
@@ -255,8 +281,15 @@ def _elbo_at(model, x, y, q, eps: Tensor) -> Tensor:
     return _elbo(model, torch.cat(log_px).double(), torch.cat(ratio).double(), q)
 
 
+@torch.no_grad()
+def _ratio(model, x, y, s: ScoreSettings, ctx) -> Tensor:
+    background = ctx["background"]
+    log_px, ratio, _ = _draws(background, x, y if background.config.conditional else None, s.k, s.seed, DRAWS)
+    return _nll(model, x, y, s, ctx) + (torch.logsumexp(log_px + ratio, 0) - math.log(s.k))
+
+
 SCORE_FUNCTIONS: dict[str, Callable] = {"nll": _nll, "elbo": _neg_elbo, "recon": _recon, "latent": _latent,
-                                        "complexity": _complexity, "regret": _regret}
+                                        "complexity": _complexity, "regret": _regret, "ratio": _ratio}
 # examples per call: K draws each for the K-draw scores; regret's steps run on the whole group
 GROUP = {"regret": 256, "latent": 1024}
 
@@ -304,7 +337,7 @@ def _as_model(model_or_run):
 
 
 def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: int = 100, seed: int = 0,
-          steps: int = 100, lr: float = 0.05, codec: str = "png", prior=None, reference=None,
+          steps: int = 100, lr: float = 0.05, codec: str = "png", prior=None, reference=None, background=None,
           settings: ScoreSettings | None = None) -> Tensor:
     """Anomaly score of each row of ``x`` (as the model takes it: images in its input range, table rows
     standardised), higher = more anomalous: a float64 tensor [N] on the CPU.
@@ -312,7 +345,8 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
     ``model`` is a vaekit model or a run directory. ``latent`` needs the aggregate posterior: ``prior``
     (a fitted mixture) or ``reference`` (training examples, [M, ...], to fit one on; deterministic); from
     a run directory it uses RUN/prior_gmm.safetensors when present, else fits one on the run's training
-    split. ``settings`` (a ScoreSettings) replaces ``k``, ``seed``, ``steps``, ``lr`` and ``codec``.
+    split. ``ratio`` needs ``background``: a model (or run directory) trained with ``--perturb``.
+    ``settings`` (a ScoreSettings) replaces ``k``, ``seed``, ``steps``, ``lr`` and ``codec``.
     """
     run = model if not isinstance(model, torch.nn.Module) else None
     model = _as_model(model)
@@ -322,13 +356,14 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
     settings = settings or ScoreSettings(k=k, seed=seed, steps=steps, lr=lr, codec=codec)
     if names[0] == "latent" and prior is None:
         prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed)
-    return score_all(model, x, names, settings, y=y, prior=prior)[names[0]]
+    background = None if background is None else _as_model(background)
+    return score_all(model, x, names, settings, y=y, prior=prior, background=background)[names[0]]
 
 
 def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, *, y: Tensor | None = None,
-              prior=None) -> dict[str, Tensor]:
+              prior=None, background=None) -> dict[str, Tensor]:
     """Several scores of the rows of ``x`` at once: {name: float64 tensor [N]}."""
-    check_scores(model, names)
+    check_scores(model, names, background)
     if not isinstance(x, Tensor):
         raise VaekitError(f"x must be a tensor, got {type(x).__name__}")
     data_shape = tuple(model.config.data_shape)
@@ -341,8 +376,11 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
                           "bernoulli likelihood of grey levels is a cross-entropy, not that probability: use a run "
                           "trained with --binarize or a gaussian or laplace likelihood")
     model.eval()
-    with density_precision(model):
-        return _score_all(model, x, names, settings, y, prior)
+    if background is not None:
+        background.eval()
+    with density_precision(model), (density_precision(background) if background is not None
+                                    else contextlib.nullcontext()):
+        return _score_all(model, x, names, settings, y, prior, background)
 
 
 def density_precision(model):
@@ -352,11 +390,11 @@ def density_precision(model):
 
 
 def _score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, y: Tensor | None,
-               prior) -> dict[str, Tensor]:
+               prior, background=None) -> dict[str, Tensor]:
     device = next(model.parameters()).device
     x = x.to(device, torch.float32)
     y = None if y is None else y.to(device)
-    ctx = {"prior": prior}
+    ctx = {"prior": prior, "background": background}
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     draw_group = max(1, ROWS // settings.k)
     for start in range(0, len(x), draw_group):  # the K-draw scores, group by group, sharing the draws

@@ -10,13 +10,15 @@ from pathlib import Path
 from vaekit.cli.base import Command, command
 from vaekit.cli.common import add_device, add_run, int_list, open_run, positive_int
 
-SCORE_NAMES = ("nll", "elbo", "recon", "latent", "complexity", "regret")  # vaekit.anomaly.SCORES (no torch here)
+# vaekit.anomaly.SCORES (the CLI imports no torch before it runs)
+SCORE_NAMES = ("nll", "elbo", "recon", "latent", "complexity", "regret", "ratio")
 
 
 @command("anomaly")
 class AnomalyCommand(Command):
-    help = "score every example for anomalies (nll, elbo, recon, latent, complexity, regret), flag those above a " \
-           "threshold calibrated at --fpr on the run's held-out data, and measure ROC-AUC/PR-AUC when labels are known"
+    help = "score every example for anomalies (nll, elbo, recon, latent, complexity, regret, ratio), flag those " \
+           "above a threshold calibrated at --fpr on the run's held-out data, and measure ROC-AUC/PR-AUC when " \
+           "labels are known"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_run(p)
@@ -42,6 +44,8 @@ class AnomalyCommand(Command):
                        "best (the shortest of PNG, zlib, bz2, LZMA) (default png)")
         p.add_argument("--components", type=positive_int, default=10, help="latent: mixture components when the run "
                        "has no prior_gmm.safetensors (default 10)")
+        p.add_argument("--background", type=Path, default=None, metavar="RUN", help="ratio: the background model, a "
+                       "run trained on the same data with --perturb (Ren et al. 2019)")
         p.add_argument("--seed", type=int, default=0, help="seed of every example's noise (default 0)")
         p.add_argument("--no-figures", action="store_true", help="skip the ROC and histogram PNGs")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,7 +68,8 @@ class AnomalyCommand(Command):
         cfg, model = open_run(args.run, args.device, args.precision)
         req = AnomalyRequest(data=args.data, scores=scores, fpr=args.fpr, settings=settings,
                              anomaly_classes=None if args.anomaly_classes is None else tuple(args.anomaly_classes),
-                             ood_data=args.ood_data, out=args.out, figures=not args.no_figures, device=args.device,
+                             ood_data=args.ood_data, background=args.background, out=args.out,
+                             figures=not args.no_figures, device=args.device,
                              progress=not args.quiet and not args.json)
         report = anomaly_run(args.run, cfg, model, req)
         if args.json:

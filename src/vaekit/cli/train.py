@@ -47,6 +47,8 @@ FLAGS = [
     Flag("--color", "data", "color", str, "image folders: auto, grey or rgb"),
     Flag("--binarize", "data", "binarize", str, "none, static (once, seeded) or dynamic (every batch); held-out "
          "data is binarised once with a fixed seed"),
+    Flag("--perturb", "data", "perturb", float, "training batches: replace each value with probability P by "
+         "uniform noise (a background model for the anomaly ratio score, Ren et al. 2019; typical 0.1-0.3)", "P"),
     Flag("--label-column", "data", "label_column", str, "CSV: the column holding class labels", "NAME"),
     Flag("--limit", "data", "limit", positive_int, "use only the first N training examples", "N"),
     Flag("--epochs", "training", "epochs", positive_int, "epochs (default 10)", "E"),

@@ -25,6 +25,7 @@ class DataConfig:
     resolution: int | None = None
     color: str = "auto"  # auto | grey | rgb
     binarize: str = "none"  # none | static (once, seeded) | dynamic (resampled every batch)
+    perturb: float = 0.0  # training batches: each value replaced by uniform noise with this probability
     skip_bad: bool = False
     label_column: str | None = None  # CSV: the column that holds class labels
     limit: int | None = None  # keep only the first N training examples
@@ -40,6 +41,7 @@ class DataConfig:
         check(self.resolution is None or self.resolution >= 1, f"--resolution must be >= 1, got {self.resolution}")
         check(self.color in COLORS, f"unknown color mode '{self.color}' (choose from: {', '.join(COLORS)})")
         check(self.binarize in BINARIZE, f"unknown --binarize '{self.binarize}' (choose from: {', '.join(BINARIZE)})")
+        check(0 <= self.perturb < 1, f"--perturb must be in [0, 1), got {self.perturb}")
         for name in ("limit", "pad_to", "samples_per_epoch", "eval_samples"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -30,6 +30,7 @@ class DataSplits:
     info: DataInfo
     binarize: str = "none"
     notes: list[str] = field(default_factory=list)
+    perturb: float = 0.0  # training batches only (vaekit.data.perturb)
 
     def split(self, name: str):
         data = {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -146,7 +147,7 @@ def _load_arrays(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
         skipped_files=raw.skipped,
         source=raw.source,
     )
-    return DataSplits(train, val, test, info, cfg.binarize, _notes(raw))
+    return DataSplits(train, val, test, info, cfg.binarize, _notes(raw), cfg.perturb)
 
 
 def _load_stream(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, saved: DataInfo | None) -> DataSplits:
@@ -187,7 +188,7 @@ def _load_stream(cfg: DataConfig, raw: RawData, opts: ReadOptions, input_range, 
         levels=256 if tuple(input_range) == (0.0, 1.0) else 0, n_train=len(train), n_val=len(held_out),
         n_test=len(held_out), test_source=test_source, streamed=True, skipped_files=raw.skipped, source=raw.source,
     )
-    return DataSplits(train, held_out, held_out, info, "none", _notes(raw))
+    return DataSplits(train, held_out, held_out, info, "none", _notes(raw), cfg.perturb)
 
 
 def _load_procedural(cfg: DataConfig, raw: RawData, input_range, saved: DataInfo | None) -> DataSplits:
@@ -205,7 +206,7 @@ def _load_procedural(cfg: DataConfig, raw: RawData, input_range, saved: DataInfo
     info = DataInfo(kind=ds.kind, shape=views[0].shape, num_classes=len(raw.class_names),
                     class_names=raw.class_names, value_range=tuple(input_range), input_range=tuple(input_range),
                     n_train=len(train), n_val=len(val), n_test=len(test), source=raw.source)
-    return DataSplits(views[0], views[1] if len(val) else None, views[2], info, cfg.binarize, [])
+    return DataSplits(views[0], views[1] if len(val) else None, views[2], info, cfg.binarize, [], cfg.perturb)
 
 
 def _notes(raw: RawData) -> list[str]:

@@ -78,11 +78,12 @@ def canonical_data_config(data_cfg):
     """The dataset's own form of a run's data settings: no padding, binarisation, augmentation or limit,
     and no validation split (the classifier learns from all training images, whatever a run held out)."""
     return replace(data_cfg, "data settings", pad_to=None, binarize="none", augment=False, limit=None,
-                   samples_per_epoch=None, eval_samples=None, val_fraction=0.0)
+                   samples_per_epoch=None, eval_samples=None, val_fraction=0.0, perturb=0.0)
 
 
 def classifier_key(data_cfg, shape: tuple[int, ...], num_classes: int, seed: int) -> str:
-    settings = {k: v for k, v in to_dict(data_cfg).items() if k != "skip_bad"}
+    # perturb is a training-batch setting, 0 in the canonical form: left out, so keys from before it existed hold
+    settings = {k: v for k, v in to_dict(data_cfg).items() if k not in ("skip_bad", "perturb")}
     doc = json.dumps({"data": settings, "shape": list(shape), "classes": num_classes, "seed": seed,
                       "epochs": EPOCHS, "format": CLASSIFIER_FORMAT}, sort_keys=True)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(data_cfg.spec)).strip("-")[-40:] or "data"

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from vaekit import sharding
 from vaekit.data import DataSplits
+from vaekit.data.perturb import perturb
 from vaekit.elbo import KLSchedule, bits_per_dim
 from vaekit.errors import Interrupted, TrainingStopped, VaekitError
 from vaekit.io import write_text
@@ -386,6 +387,9 @@ class Trainer:
             # the global batch so that the draws do not depend on the sharding
             u = sharding.draw(lambda s: torch.rand(s, device=x.device), x.shape, 0)
             x = (u < x).to(x.dtype)
+        if self.data.perturb > 0:  # a background model's inputs (--perturb), drawn for the global batch too
+            x = perturb(x, self.data.perturb, self.data.info, self.data.binarize != "none",
+                        rand=lambda s: sharding.draw(lambda t: torch.rand(t, device=x.device), s, 1))
         return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
 
     def _on_device(self, x: Tensor) -> Tensor:
