@@ -90,7 +90,7 @@ class AnomalyStub:
     def module(self) -> types.ModuleType:
         mod = types.ModuleType("vaekit.anomaly")
 
-        def score_against_threshold(run_or_model, x, *, calibration=None, y=None, prior=None):
+        def score_against_threshold(run_or_model, x, *, calibration=None, y=None, prior=None, background=None):
             self.calls.append((run_or_model, tuple(x.shape), calibration, y))
             if self.fail is not None:
                 raise self.fail
@@ -101,6 +101,7 @@ class AnomalyStub:
 
         mod.score_against_threshold = score_against_threshold
         mod.load_calibration = load_calibration
+        mod.calibrated_inputs = lambda model, run, calibration: {"prior": None, "background": None}
         return mod
 
 

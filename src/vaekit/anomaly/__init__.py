@@ -13,12 +13,12 @@ Importing the package is light; torch loads with the first use of one of these.
 
 from __future__ import annotations
 
-__all__ = ["SCORES", "Calibration", "ScoreSettings", "VAEDetector", "load_calibration", "score",
+__all__ = ["SCORES", "Calibration", "ScoreSettings", "VAEDetector", "calibrated_inputs", "load_calibration", "score",
            "score_against_threshold", "score_all", "threshold_at"]
 
 _WHERE = {"SCORES": "scores", "ScoreSettings": "scores", "score": "scores", "score_all": "scores",
           "Calibration": "calibration", "load_calibration": "calibration", "score_against_threshold": "calibration",
-          "threshold_at": "calibration", "VAEDetector": "detector"}
+          "threshold_at": "calibration", "calibrated_inputs": "calibration", "VAEDetector": "detector"}
 
 
 def __getattr__(name: str):

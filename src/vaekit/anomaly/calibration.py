@@ -95,16 +95,29 @@ def score_against_threshold(run_or_model, x: Tensor, *, calibration: Calibration
         raise VaekitError("score_against_threshold needs a calibration for a model: pass calibration= "
                           "(vaekit.anomaly.load_calibration(run)) or a run directory")
     name = calibration.score
-    if name == "latent" and prior is None:
+    if (name == "latent" and prior is None) or (name == "ratio" and background is None):
+        needs = calibrated_inputs(model, run, calibration)
+        prior = needs["prior"] if prior is None else prior
+        background = needs["background"] if background is None else background
+    s = score_all(model, x, (name,), calibration.settings, y=y, prior=prior, background=background)[name]
+    return s, calibration.threshold, s > calibration.threshold
+
+
+def calibrated_inputs(model, run: str | Path | None, calibration: Calibration) -> dict:
+    """What the calibration's score needs besides the model, loaded once for any number of calls:
+    ``prior`` (latent: the aggregate posterior's mixture of ``run``) and ``background`` (ratio: the
+    background run the calibration names, on the model's device)."""
+    out = {"prior": None, "background": None}
+    if calibration.score == "latent":
         if run is None:
             raise VaekitError("the latent score of a model needs prior= (the aggregate posterior's mixture)")
-        prior = latent_prior(model, run=run, components=calibration.settings.components,
-                             seed=calibration.settings.seed)
-    if name == "ratio" and background is None:
+        out["prior"] = latent_prior(model, run=run, components=calibration.settings.components,
+                                    seed=calibration.settings.seed)
+    if calibration.score == "ratio":
         if not calibration.background:
             raise VaekitError("this ratio calibration names no background run: pass background=")
         from vaekit.run import load
 
-        background = load(calibration.background, device=str(next(model.parameters()).device), precision="fp32")
-    s = score_all(model, x, (name,), calibration.settings, y=y, prior=prior, background=background)[name]
-    return s, calibration.threshold, s > calibration.threshold
+        out["background"] = load(calibration.background, device=str(next(model.parameters()).device),
+                                 precision="fp32")
+    return out

@@ -176,5 +176,5 @@ class VAEDetector(BaseEstimator):
     def _scores(self, x) -> np.ndarray:
         name = parse_scores(self.anomaly_score)[0]
         s = score_all(self.model_, x, (name,), self.settings_, prior=self.prior_,
-                      background=getattr(self, "background_", None))[name]
+                      background=self.background_)[name]
         return s.numpy().astype(np.float64)

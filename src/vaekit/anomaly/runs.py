@@ -16,7 +16,6 @@ from vaekit.anomaly.calibration import Calibration, calibrate, save_calibration
 from vaekit.anomaly.scores import (
     ScoreSettings,
     applicable_scores,
-    check_background,
     check_scores,
     latent_prior,
     parse_scores,
@@ -74,7 +73,7 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     names = parse_scores(req.scores)
     every = list(req.scores) == ["all"] or req.scores == "all"
     check(0 < req.fpr < 1, f"--fpr must be in (0, 1), got {req.fpr}")
-    background = open_background(req.background, run, req.device, model)
+    background = open_background(req.background, run, req.device)
     if background is not None and not every and "ratio" not in names:
         raise VaekitError("--background is the ratio score's background model; add ratio to --score")
     if not every:
@@ -139,7 +138,7 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     return AnomalyReport(calibration, len(flags), int(flags.sum()), out, metrics, written, path)
 
 
-def open_background(path: str | Path | None, run: Path, device: str, model):
+def open_background(path: str | Path | None, run: Path, device: str):
     """The ratio score's background model from its run directory (None: none given), on ``device``."""
     if path is None:
         return None
@@ -150,9 +149,7 @@ def open_background(path: str | Path | None, run: Path, device: str, model):
         raise VaekitError(f"--background {path}: not a vaekit run directory (no config.json)")
     if path.resolve() == Path(run).resolve():
         raise VaekitError(f"--background {path} is the run being scored: the ratio would be 0 for every example")
-    background = load(path, device=device, precision="fp32")
-    check_background(model, background)
-    return background
+    return load(path, device=device, precision="fp32")  # checked against the run by check_scores
 
 
 def score_data(model, data, names, settings: ScoreSettings, prior=None, progress: bool = False,

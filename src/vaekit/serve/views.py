@@ -128,30 +128,25 @@ class RunView:
     def anomaly_scorer(self) -> Callable | None:
         """A function of (x, label) scoring an input against the run's calibrated threshold
         (``vaekit.anomaly.score_against_threshold`` with RUN/anomaly.json), when the run has been
-        calibrated. The calibration and, for the ``latent`` score, the aggregate posterior's mixture are
-        read once and kept with the view; the loaded model is scored, never reloaded."""
+        calibrated. The calibration and what its score needs (the aggregate posterior's mixture for
+        ``latent``, the background model for ``ratio``) are read once and kept with the view; the loaded
+        model is scored, never reloaded."""
         if not (self.path / ANOMALY_FILE).is_file():
             return None
         try:
-            from vaekit.anomaly import load_calibration, score_against_threshold
+            from vaekit.anomaly import calibrated_inputs, load_calibration, score_against_threshold
         except ImportError:
             return None
 
         def setup():
             calibration = load_calibration(self.path)
-            prior = None
-            if calibration.score == "latent":
-                from vaekit.anomaly.scores import latent_prior
-
-                prior = latent_prior(self.model, run=self.path, components=calibration.settings.components,
-                                     seed=calibration.settings.seed)
-            return calibration, prior
+            return calibration, calibrated_inputs(self.model, self.path, calibration)
 
         def score(x: Tensor, label: int | None):
             # read once per calibration: a run re-calibrated while it is served is read again
-            calibration, prior = self.cached(f"anomaly:{(self.path / ANOMALY_FILE).stat().st_mtime_ns}", setup)
+            calibration, needs = self.cached(f"anomaly:{(self.path / ANOMALY_FILE).stat().st_mtime_ns}", setup)
             y = self._labels(label, len(x)) if self.conditional else None
-            return score_against_threshold(self.model, x, calibration=calibration, y=y, prior=prior)
+            return score_against_threshold(self.model, x, calibration=calibration, y=y, **needs)
 
         return score
 
