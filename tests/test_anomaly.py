@@ -23,6 +23,7 @@ from vaekit.anomaly import (
     threshold_at,
 )
 from vaekit.anomaly.scores import DRAWS, _generators, latent_prior
+from vaekit.evaluation.aggregate import COMPONENT_CHOICES, choose_components
 
 FEW = ScoreSettings(k=64)  # regret compares two ELBOs: 64 shared draws keep their difference steady
 QUICK = ScoreSettings(k=8, steps=20)  # enough to see determinism
@@ -171,6 +172,16 @@ def test_threshold_gives_the_asked_fpr_within_one_over_n():
             assert fpr - 1 / n < rate <= fpr + 1e-12, (n, fpr, rate)
 
 
+def test_the_latent_mixture_size_is_chosen_by_held_out_likelihood():
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-50, 50, (20, 2))
+    clusters = centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 2))
+    assert choose_components(clusters) == 20  # 20 planted clusters: fewer underfit, 50 and 100 overfit
+    assert choose_components(rng.standard_normal((4000, 3))) == min(COMPONENT_CHOICES)  # one Gaussian
+    # 30 codes in 3 dimensions: only the smallest choice has enough codes per full covariance
+    assert choose_components(rng.standard_normal((30, 3))) == min(COMPONENT_CHOICES)
+
+
 def test_anomaly_command_calibrates_flags_and_measures(cli, blob_run, planted, tmp_path):
     run, _, _ = blob_run
     x, label = planted
@@ -194,7 +205,9 @@ def test_anomaly_command_calibrates_flags_and_measures(cli, blob_run, planted, t
     # the calibration is saved with the run; new inputs score against it exactly as the CSV does
     calibration = load_calibration(run)
     assert calibration.score == "regret" and calibration.threshold == summary["threshold"]
-    assert calibration.settings == ScoreSettings(k=64)
+    # the mixture's size was chosen (components=None) and is recorded, so a later score refits the same one
+    assert calibration.settings == ScoreSettings(k=64, components=calibration.settings.components)
+    assert calibration.settings.components in COMPONENT_CHOICES
     s, threshold, flags = score_against_threshold(run, x[55:65])
     np.testing.assert_allclose(s.numpy(), [float(r["regret"]) for r in rows[55:65]], atol=2e-6)
     assert threshold == summary["threshold"] and flags.tolist() == [bool(f) for f in flagged[55:65]]

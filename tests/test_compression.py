@@ -24,6 +24,7 @@ from vaekit.models.mlp import MLPVAE, MLPConfig
 pytest.importorskip("constriction")
 
 SHAPE = (1, 8, 8)
+EIGHT_BIT = ("logistic", "logistic-mix", "logistic-ar")  # the likelihoods of 8-bit data
 
 
 def assert_user_error(r, *needles: str) -> None:
@@ -72,6 +73,64 @@ def test_logistic_masses_sum_to_one_and_match_log_prob():
     assert torch.allclose(d.mean, (p * levels).sum(-1), atol=1e-12)  # the exact mean
     s = d.sample(torch.Generator().manual_seed(0))
     assert torch.equal(s, (s * 255).round() / 255) and s.min() >= 0 and s.max() <= 1
+
+
+def test_logistic_mixture_is_a_pmf_whose_log_prob_reads_its_table():
+    from vaekit.likelihoods import LIKELIHOODS
+
+    torch.manual_seed(0)
+    lik = LIKELIHOODS.get("logistic-mix")(SHAPE)
+    out = torch.randn(3, 15, *SHAPE[1:]).double() * 2
+    d = lik(out)
+    p = d.probs()  # [3, 1, 8, 8, 256]
+    assert p.shape == (3, *SHAPE, 256) and (p >= 0).all()
+    assert torch.allclose(p.sum(-1), torch.ones(3, *SHAPE, dtype=torch.float64), atol=1e-12, rtol=0)
+    x = torch.from_numpy(eight_bit(3)).double() / 255
+    k = (x * 255).round().long()
+    direct = torch.log(p.gather(-1, k.unsqueeze(-1)).squeeze(-1))
+    assert torch.allclose(d.element_log_prob(x), direct, atol=1e-9)
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    assert torch.allclose(d.mean, (p * levels).sum(-1), atol=1e-9)
+    assert torch.equal(d.mode(), p.argmax(-1).double() / 255)
+    # one component: the mixture is that logistic
+    one = lik(torch.cat([torch.full((3, 5, *SHAPE[1:]), -1e4).double().index_fill(1, torch.tensor([2]), 0.0),
+                         out[:, 5:]], 1))
+    single = DiscretizedLogistic(one.loc[..., 2], one.log_scale[..., 2])
+    assert torch.allclose(one.probs(), single.probs(), atol=1e-12)
+    s = d.sample(torch.Generator().manual_seed(0))
+    assert s.shape == x.shape and torch.equal(s, (s * 255).round() / 255)
+
+
+def test_autoregressive_logistic_is_a_pmf_over_whole_images():
+    from vaekit.distributions import AutoregressiveLogistic
+    from vaekit.errors import VaekitError
+    from vaekit.likelihoods import LIKELIHOODS
+
+    torch.manual_seed(0)
+    lik = LIKELIHOODS.get("logistic-ar")((1, 1, 2))
+    d = lik(torch.randn(1, 8, 1, 2).double() * 2)
+    # every pair of levels of a 1x2 image: the joint masses sum to one (pixel 2 depends on pixel 1)
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    pairs = torch.stack(torch.meshgrid(levels, levels, indexing="ij"), -1).reshape(-1, 1, 1, 2)
+    joint = AutoregressiveLogistic(d.loc.expand(len(pairs), -1, -1, -1), d.log_scale.expand(len(pairs), -1, -1, -1),
+                                   d.coefs.expand(len(pairs), -1, -1, -1, -1)).log_prob(pairs).exp()
+    assert abs(joint.sum().item() - 1) < 1e-9
+    assert abs(d.coefs[0, 0, 0, 1, 0].item()) > 0.1  # the second pixel's left coefficient is in play
+    # log_prob is the raster chain rule: each pixel's logistic, located by its already-known neighbours
+    lik = LIKELIHOODS.get("logistic-ar")(SHAPE)
+    d = lik(torch.randn(2, 8, *SHAPE[1:]).double())
+    x = torch.from_numpy(eight_bit(2)).double() / 255
+    lp = d.element_log_prob(x)
+    for i, j in ((0, 0), (0, 5), (3, 0), (3, 7), (7, 4)):
+        nb = torch.stack([x[..., i + di, j + dj] if i + di >= 0 and 0 <= j + dj < 8 else torch.zeros(2, 1).double()
+                          for di, dj in AutoregressiveLogistic.OFFSETS], -1)
+        loc = d.loc[..., i, j] + (d.coefs[..., i, j, :] * nb).sum(-1)
+        one = DiscretizedLogistic(loc, d.log_scale[..., i, j], 0).element_log_prob(x[..., i, j])
+        assert torch.allclose(lp[..., i, j], one, atol=1e-12)
+    for v in (d.sample(torch.Generator().manual_seed(0)), d.mode()):
+        assert v.shape == x.shape and torch.equal(v, (v * 255).round() / 255)
+    with pytest.raises(VaekitError, match="logistic-ar likelihood is for images"):
+        LIKELIHOODS.get("logistic-ar")((30,))
 
 
 def test_every_family_sizes_its_decoder_for_two_parameters_and_keeps_its_keys():
@@ -133,7 +192,8 @@ def test_logistic_refuses_data_that_is_not_8_bit(cli, tmp_path):
 
 @pytest.mark.parametrize("n, lanes", [(1, 32), (13, 5), (9, 1)])
 def test_round_trip_bernoulli_and_logistic(n, lanes):
-    for model, x in ((mlp("bernoulli"), binary(n)), (mlp("logistic"), eight_bit(n))):
+    cases = [(mlp("bernoulli"), binary(n))] + [(mlp(lik), eight_bit(n)) for lik in EIGHT_BIT]
+    for model, x in cases:
         blob = compress(model, x, lanes=lanes)
         y = decompress(model, blob)
         assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(x, y)
@@ -158,7 +218,8 @@ def test_round_trip_conv_and_hvae_both_orders_and_the_initial_bits():
 
 
 def test_rate_is_the_information_of_the_coded_symbols():
-    for model, x in ((mlp("logistic"), eight_bit(40)), (mlp("bernoulli"), binary(40)), (hvae(), binary(40))):
+    for model, x in ((mlp("logistic"), eight_bit(40)), (mlp("bernoulli"), binary(40)), (hvae(), binary(40)),
+                     (mlp("logistic-mix"), eight_bit(40)), (mlp("logistic-ar"), eight_bit(40))):
         rate = read_info(compress(model, x, lanes=2))["rate"]
         ideal = rate["information_bits"] + rate["initial_bits"]
         assert abs(rate["payload_bits"] - ideal) < 0.01 * ideal, rate
@@ -224,7 +285,7 @@ def test_another_model_and_a_newer_format_are_refused():
 
 def test_runs_that_cannot_code_are_refused():
     gaussian = MLPVAE(MLPConfig(data_shape=SHAPE, hidden=(8,), latent_dim=2, likelihood="gaussian"))
-    with pytest.raises(VaekitError, match=r"gaussian likelihood cannot code.*bernoulli or logistic"):
+    with pytest.raises(VaekitError, match=r"gaussian likelihood cannot code.*bernoulli, logistic, logistic-mix or "):
         compress(gaussian, eight_bit(2))
     with pytest.raises(VaekitError, match="binary data"):
         compress(mlp("bernoulli"), eight_bit(2))
@@ -303,7 +364,7 @@ def test_cli_refuses_a_gaussian_run(cli, tmp_path):
     np.save(tmp_path / "x.npy", eight_bit(60))
     tiny_train(tmp_path / "g", data=tmp_path / "x.npy", epochs=1, overrides={"likelihood": "gaussian"})
     r = cli("compress", tmp_path / "g", "--data", tmp_path / "x.npy", "--out", tmp_path / "g.vkz")
-    assert_user_error(r, "gaussian likelihood cannot code", "bernoulli or logistic")
+    assert_user_error(r, "gaussian likelihood cannot code", "bernoulli, logistic, logistic-mix or logistic-ar")
     assert not (tmp_path / "g.vkz").exists()
 
 

@@ -324,3 +324,140 @@ class DiscretizedLogistic:
         cdf = torch.sigmoid((edges - loc.unsqueeze(-1)) * torch.exp(-log_scale).unsqueeze(-1))
         zero = torch.zeros_like(cdf[..., :1])
         return torch.diff(cdf, dim=-1, prepend=zero, append=zero + 1.0)
+
+
+class DiscretizedLogisticMixture:
+    """A mixture of M discretised logistics per element (PixelCNN++, Salimans et al. 2017, without the
+    autoregression): ``logits``, ``loc`` and ``log_scale`` are [..., M], the mixture over the last
+    dimension. A pixel whose level given z is either background or ink gets a mode at each, where a
+    single logistic must spread its mass over both. Still a true probability mass function over the
+    256 levels.
+    """
+
+    LEVELS = DiscretizedLogistic.LEVELS
+
+    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, event_ndim: int | None = None) -> None:
+        self.logits, self.loc, self.log_scale = logits, loc, log_scale
+        self.event_ndim = loc.dim() - 2 if event_ndim is None else event_ndim
+        self.components = DiscretizedLogistic(loc, log_scale, event_ndim)
+
+    def _weights(self) -> Tensor:  # [..., M], summing to one
+        return torch.softmax(_full(self.logits), dim=-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return (self._weights() * self.components.mean).sum(-1)
+
+    def mode(self) -> Tensor:
+        """The most probable level (one component's masses at a time, so memory is [..., 256])."""
+        return self.probs().argmax(-1).to(self.loc.dtype) / (self.LEVELS - 1)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """A component per element (Gumbel-max on the logits), then that logistic's draw."""
+        u = torch.rand(self.logits.shape, generator=generator, device=self.loc.device, dtype=torch.float32)
+        pick = (_full(self.logits) - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))).argmax(-1, keepdim=True)
+        one = DiscretizedLogistic(self.loc.gather(-1, pick).squeeze(-1), self.log_scale.gather(-1, pick).squeeze(-1),
+                                  self.event_ndim)
+        return one.sample(generator)
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        return self.components.mode_of(x)
+
+    def unflatten_batch(self, k: int) -> DiscretizedLogisticMixture:
+        return DiscretizedLogisticMixture(self.logits.unflatten(0, (k, -1)), self.loc.unflatten(0, (k, -1)),
+                                          self.log_scale.unflatten(0, (k, -1)), self.event_ndim)
+
+    def element_log_prob(self, x: Tensor) -> Tensor:
+        """log sum_m w_m P_m(x) per element, x on the grid k/255 (broadcasting against leading sample dims)."""
+        per_component = self.components.element_log_prob(x.unsqueeze(-1))  # [..., M]
+        return torch.logsumexp(torch.log_softmax(_full(self.logits), dim=-1) + per_component, dim=-1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return _sum_event(self.element_log_prob(x), self.event_ndim)
+
+    def probs(self) -> Tensor:
+        """The masses of the 256 levels, [..., 256], in float64."""
+        w = torch.softmax(self.logits.double(), dim=-1)
+        total = torch.zeros((*self.loc.shape[:-1], self.LEVELS), dtype=torch.float64, device=self.loc.device)
+        for m in range(self.loc.shape[-1]):
+            one = DiscretizedLogistic(self.loc[..., m], self.log_scale[..., m], self.event_ndim)
+            total += w[..., m:m + 1] * one.probs()
+        return total
+
+
+class AutoregressiveLogistic:
+    """A discretised logistic per pixel whose location also depends, linearly, on the pixel's causal
+    neighbours in raster order (left, two left, up-left, up, up-right, two up; zero off the image), with
+    coefficients the decoder gives per pixel: loc_ij = a_ij + sum_k c_ijk x_(ij + offset_k). The spatial
+    form of PixelCNN++'s linear dependence between colour channels (Salimans et al. 2017), and a
+    one-layer version of PixelVAE's autoregressive decoder (Gulrajani et al. 2017): p(x|z) is the
+    product of the conditionals in raster order, so still a true probability of the 8-bit image.
+
+    ``loc``, ``log_scale``: [..., C, H, W]; ``coefs``: [..., C, H, W, 6]. Scoring is parallel (x is
+    known); ``sample``, ``mode`` and ``mean`` fill the image one pixel at a time. ``mean`` is a plug-in:
+    each pixel's conditional mean given the previous pixels' means.
+    """
+
+    LEVELS = DiscretizedLogistic.LEVELS
+    OFFSETS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))  # (row, column), all before in raster order
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, coefs: Tensor, event_ndim: int = 3) -> None:
+        self.loc, self.log_scale, self.coefs = loc, log_scale, coefs
+        self.event_ndim = event_ndim
+
+    @classmethod
+    def neighbours(cls, x: Tensor) -> Tensor:
+        """[..., H, W] -> [..., H, W, 6]: each pixel's causal neighbours (0 off the image)."""
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (2, 2, 2, 0))  # 2 left, 2 right, 2 above
+        return torch.stack([padded[..., 2 + di : 2 + di + h, 2 + dj : 2 + dj + w] for di, dj in cls.OFFSETS], -1)
+
+    def conditional(self, x: Tensor) -> DiscretizedLogistic:
+        """p(x_ij | the pixels before it), with those pixels read from ``x`` (the image being scored)."""
+        nb = self.neighbours(x.to(_full(self.loc).dtype))
+        loc = _full(self.loc) + (_full(self.coefs) * nb).sum(-1)
+        return DiscretizedLogistic(loc, self.log_scale, self.event_ndim)
+
+    def element_log_prob(self, x: Tensor) -> Tensor:
+        return self.conditional(x).element_log_prob(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return _sum_event(self.element_log_prob(x), self.event_ndim)
+
+    def unflatten_batch(self, k: int) -> AutoregressiveLogistic:
+        return AutoregressiveLogistic(self.loc.unflatten(0, (k, -1)), self.log_scale.unflatten(0, (k, -1)),
+                                      self.coefs.unflatten(0, (k, -1)), self.event_ndim)
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        return DiscretizedLogistic.mode_of(self, x)
+
+    def _fill(self, pick) -> Tensor:
+        """The image one pixel at a time: ``pick(conditional, i, j)`` gives pixel (i, j) from its conditional."""
+        loc, coefs = _full(self.loc), _full(self.coefs)
+        x = torch.zeros_like(loc)
+        h, w = loc.shape[-2:]
+        for i in range(h):
+            for j in range(w):
+                nb = [x[..., i + di, j + dj] if i + di >= 0 and 0 <= j + dj < w else torch.zeros_like(x[..., 0, 0])
+                      for di, dj in self.OFFSETS]
+                at = loc[..., i, j] + (coefs[..., i, j, :] * torch.stack(nb, -1)).sum(-1)
+                x[..., i, j] = pick(DiscretizedLogistic(at, self.log_scale[..., i, j], 0), i, j)
+        return x
+
+    @property
+    def mean(self) -> Tensor:
+        levels = torch.arange(self.LEVELS, dtype=torch.float64, device=self.loc.device) / (self.LEVELS - 1)
+        return self._fill(lambda d, i, j: (d.probs() * levels).sum(-1).to(d.loc.dtype))
+
+    def mode(self) -> Tensor:
+        return self._fill(lambda d, i, j: d.mode())
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=torch.float32)
+        u = u.clamp(1e-6, 1 - 1e-6)
+
+        def draw(d: DiscretizedLogistic, i: int, j: int) -> Tensor:
+            v = u[..., i, j].to(d.loc.dtype)
+            return d.mode_of(d.loc + torch.exp(d.log_scale) * (torch.log(v) - torch.log1p(-v)))
+
+        return self._fill(draw)

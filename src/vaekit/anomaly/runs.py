@@ -4,6 +4,7 @@ normal data, flag, and (when it is known which examples are anomalous) measure R
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,16 +115,18 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     cal_data = splits.split(cal_split)
     if every:  # --score all: those this model gives for this data
         names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0], background)
-    prior = None
+    prior, settings = None, req.settings
     if "latent" in names:
         prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed)
-    cal_scores = score_data(model, cal_data, names, req.settings, prior, req.progress, "calibrate", background)
-    calibration = calibrate(cal_scores, names[0], req.fpr, req.settings, cfg.data.spec, cal_split,
+        # the calibration records the number chosen, so that a later score refits the same mixture
+        settings = dataclasses.replace(settings, components=prior.components)
+    cal_scores = score_data(model, cal_data, names, settings, prior, req.progress, "calibrate", background)
+    calibration = calibrate(cal_scores, names[0], req.fpr, settings, cfg.data.spec, cal_split,
                             "" if background is None else str(Path(req.background).resolve()))
 
     scores = {n: [] for n in names}
     for _, data, _ in parts:
-        for n, s in score_data(model, data, names, req.settings, prior, req.progress, "score", background).items():
+        for n, s in score_data(model, data, names, settings, prior, req.progress, "score", background).items():
             scores[n].append(s)
     scores = {n: torch.cat(v) for n, v in scores.items()}
     flags = scores[names[0]] > calibration.threshold

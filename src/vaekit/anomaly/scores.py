@@ -61,14 +61,15 @@ class ScoreSettings:
     steps: int = 100  # regret: Adam steps on the posterior parameters (Xiao et al.'s code: 100)
     lr: float = 0.05  # regret: Adam's step size
     codec: str = "png"  # complexity: png (Pillow, optimize) | best (the shortest of png, zlib, bz2, lzma)
-    components: int = 10  # latent: mixture components fitted to the training codes
+    components: int | None = None  # latent: mixture components fitted to the training codes (None: chosen
+    # by held-out likelihood, vaekit.evaluation.aggregate.choose_components)
 
     def __post_init__(self) -> None:
         check(self.k >= 1, f"the number of draws (--k) must be >= 1, got {self.k}")
         check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
         check(self.lr > 0, f"--lr must be positive, got {self.lr}")
         check(self.codec in CODECS, f"unknown codec '{self.codec}' (choose from: {', '.join(CODECS)})")
-        check(self.components >= 1, f"--components must be >= 1, got {self.components}")
+        check(self.components is None or self.components >= 1, f"--components must be >= 1, got {self.components}")
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -413,7 +414,7 @@ def _score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings
     return {name: torch.cat(p).double() if p else torch.zeros(0, dtype=torch.float64) for name, p in parts.items()}
 
 
-def latent_prior(model, *, reference=None, run=None, components: int = 10, seed: int = 0):
+def latent_prior(model, *, reference=None, run=None, components: int | None = None, seed: int = 0):
     """The aggregate posterior for the ``latent`` score: RUN/prior_gmm.safetensors when ``run`` has one,
     else a mixture fitted (in memory, deterministically) to the codes of ``reference`` (a tensor of
     training examples or an ArrayData), or of the run's training split."""

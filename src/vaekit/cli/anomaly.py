@@ -42,8 +42,9 @@ class AnomalyCommand(Command):
         p.add_argument("--lr", type=float, default=0.05, help="regret: Adam's step size (default 0.05)")
         p.add_argument("--codec", choices=("png", "best"), default="png", help="complexity: png (optimised PNG) or "
                        "best (the shortest of PNG, zlib, bz2, LZMA) (default png)")
-        p.add_argument("--components", type=positive_int, default=10, help="latent: mixture components when the run "
-                       "has no prior_gmm.safetensors (default 10)")
+        p.add_argument("--components", type=positive_int, default=None, help="latent: mixture components when the "
+                       "run has no prior_gmm.safetensors (default: chosen among 5, 10, 20, 50, 100 by the likelihood "
+                       "of held-out training codes)")
         p.add_argument("--background", type=Path, default=None, metavar="RUN", help="ratio: the background model, a "
                        "run trained on the same data with --perturb (Ren et al. 2019)")
         p.add_argument("--seed", type=int, default=0, help="seed of every example's noise (default 0)")

@@ -37,8 +37,9 @@ FLAGS = [
     Flag("--channels", "model", "channels", int_list, "conv channels per stride-2 stage, e.g. 32,64", "C,..."),
     Flag("--activation", "model", "activation", str, "mlp activation: relu, silu, gelu, tanh, elu"),
     Flag("--likelihood", "model", "likelihood", str,
-         "bernoulli, gaussian, mse, laplace or logistic (8-bit data: a discretised logistic over the 256 levels; "
-         "default: bernoulli for data in [0, 1], else gaussian)"),
+         "bernoulli, gaussian, mse, laplace, logistic (8-bit data: a discretised logistic over the 256 levels) "
+         "or logistic-mix (a mixture of 5 of them per element); default: bernoulli for data in [0, 1], "
+         "else gaussian"),
     Flag("--test-data", "data", "test_spec", str, "test data, same forms as --data (default: the source's own "
          "test split, else a seeded split)", "SPEC"),
     Flag("--val-fraction", "data", "val_fraction", float, "fraction of training data held out for validation "

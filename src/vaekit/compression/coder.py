@@ -115,7 +115,7 @@ class Chains:
             self._count(sum(self.codec.information(symbols[i], params[i]) for i in range(len(symbols))), push=True)
 
     def pop_x(self, params: np.ndarray) -> np.ndarray:
-        return np.stack([self.codec.pop(self.coders[i], params[i]) for i in range(len(params))])
+        return self.codec.pop_lanes(self.coders[: len(params)], params)
 
     # -- one step: the images of all chains at once -------------------------------------------------
     def encode_step(self, symbols: np.ndarray, order: str) -> None:

@@ -6,7 +6,7 @@ fixed grid, so that the coder and the decoder build bit-identical tables from th
   per dimension (the standard normal prior for a flat VAE and the top of a hierarchy; BB-ANS,
   Townsend et al. 2019); bucket j stands for the value m + s * Phi^-1((j + 1/2) / K).
 - ``ObservationCodec``: how the symbols of p(x|z) are coded for each codable likelihood
-  (``bernoulli``: one bit per element; ``logistic``: one of 256 levels per element).
+  (``bernoulli``: one bit per element; ``logistic`` and ``logistic-mix``: one of 256 levels per element).
 
 scipy's ``ndtr``/``ndtri``/``expit`` (scalar C code, not SIMD dispatch) compute the tables.
 """
@@ -100,6 +100,10 @@ class ObservationCodec:
     def pop(self, coder, params: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
+        """One example from each of ``coders`` (params [m, P, D]) -> symbols [m, D]."""
+        return np.stack([self.pop(coders[i], params[i]) for i in range(len(params))])
+
     def information(self, symbols: np.ndarray, params: np.ndarray) -> float:
         """-log2 P(symbols) under the tables (bits), for the rate check."""
         raise NotImplementedError
@@ -174,11 +178,14 @@ class LogisticCodec(ObservationCodec):
         check_finite(p, "logistic parameters")
         return p
 
-    def tables(self, params: np.ndarray) -> np.ndarray:
-        loc, log_scale = params[0], params[1]  # [D]
+    def masses(self, loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+        """The 256 masses of one discretised logistic per element ([D] each -> [D, 256])."""
         cdf = expit((self.edges[None, :] - loc[:, None]) * np.exp(-log_scale)[:, None])
         ones = np.ones((len(loc), 1))
-        return np.diff(cdf, prepend=0.0 * ones, append=ones, axis=1) + 1e-300
+        return np.diff(cdf, prepend=0.0 * ones, append=ones, axis=1)
+
+    def tables(self, params: np.ndarray) -> np.ndarray:
+        return self.masses(params[0], params[1]) + 1e-300  # params: [2, D]
 
     def push(self, coder, symbols, params) -> None:
         coder.encode_reverse(symbols, self.family, self.tables(params))
@@ -191,12 +198,92 @@ class LogisticCodec(ObservationCodec):
         return float(-np.log2(t[np.arange(len(symbols)), symbols]).sum())
 
 
-CODECS: dict[str, type[ObservationCodec]] = {"bernoulli": BernoulliCodec, "logistic": LogisticCodec}
+class LogisticMixtureCodec(LogisticCodec):
+    likelihood = "logistic-mix"
+
+    def params(self, px) -> np.ndarray:
+        parts = [t.detach().double().cpu().numpy() for t in (px.logits, px.loc, px.log_scale)]  # [n, ..., M]
+        flat = [np.moveaxis(t, -1, 1).reshape(len(t), t.shape[-1], -1) for t in parts]  # [n, M, D]
+        p = quantise(np.concatenate(flat, axis=1))  # [n, 3M, D]
+        check_finite(p, "logistic mixture parameters")
+        return p
+
+    def tables(self, params: np.ndarray) -> np.ndarray:
+        logits, loc, log_scale = np.split(params, 3)  # [M, D] each
+        w = np.exp(logits - logits.max(0))
+        w /= w.sum(0)
+        return sum(w[m][:, None] * self.masses(loc[m], log_scale[m]) for m in range(len(w))) + 1e-300
+
+
+class AutoregressiveLogisticCodec(LogisticCodec):
+    """Each pixel's table depends on the pixels before it: pushes build every table at once from the
+    known image; pops decode one pixel position at a time, across all chains together, with the same
+    float64 operations in the same order, so both sides build identical tables."""
+
+    likelihood = "logistic-ar"
+
+    def params(self, px) -> np.ndarray:
+        self.shape = tuple(px.loc.shape[1:])  # [C, H, W]
+        coefs = np.moveaxis(px.coefs.detach().double().cpu().numpy(), -1, 1)  # [n, 6, C, H, W]
+        p = quantise(np.concatenate([_flat(px.loc)[:, None], _flat(px.log_scale)[:, None],
+                                     coefs.reshape(len(coefs), coefs.shape[1], -1)], axis=1))  # [n, 8, D]
+        check_finite(p, "autoregressive logistic parameters")
+        return p
+
+    def _offsets(self) -> list[tuple[int, int]]:
+        from vaekit.distributions import AutoregressiveLogistic
+
+        return list(AutoregressiveLogistic.OFFSETS)
+
+    def _loc(self, params: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Locations of every pixel of one image (params [8, D], values [D] = levels / 255)."""
+        c, h, w = self.shape
+        padded = np.pad(values.reshape(c, h, w), ((0, 0), (2, 0), (2, 2)))
+        loc = params[0].copy()
+        for k, (di, dj) in enumerate(self._offsets()):  # one multiply-add per neighbour, in a fixed order
+            loc = loc + params[2 + k] * padded[:, 2 + di : 2 + di + h, 2 + dj : 2 + dj + w].reshape(-1)
+        return loc
+
+    def tables(self, params: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        return self.masses(self._loc(params, self.model_input(symbols)), params[1]) + 1e-300
+
+    def push(self, coder, symbols, params) -> None:
+        coder.encode_reverse(symbols, self.family, self.tables(params, symbols))
+
+    def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
+        c, h, w = self.shape
+        m = len(params)
+        values = np.zeros((m, c, h, w))
+        symbols = np.zeros((m, c * h * w), dtype=np.int32)
+        offsets = self._offsets()
+        for p in range(c * h * w):
+            ch, i, j = p // (h * w), (p // w) % h, p % w
+            loc = params[:, 0, p].copy()
+            for k, (di, dj) in enumerate(offsets):
+                inside = i + di >= 0 and 0 <= j + dj < w
+                loc = loc + params[:, 2 + k, p] * (values[:, ch, i + di, j + dj] if inside else 0.0)
+            t = self.masses(loc, params[:, 1, p]) + 1e-300  # [m, 256]
+            for lane in range(m):
+                symbols[lane, p] = coders[lane].decode(self.family, t[lane : lane + 1])[0]
+            values[:, ch, i, j] = self.model_input(symbols[:, p])
+        return symbols
+
+    def pop(self, coder, params) -> np.ndarray:
+        return self.pop_lanes([coder], params[None])[0]
+
+    def information(self, symbols, params) -> float:
+        t = normalise(self.tables(params, symbols))
+        return float(-np.log2(t[np.arange(len(symbols)), symbols]).sum())
+
+
+CODECS: dict[str, type[ObservationCodec]] = {"bernoulli": BernoulliCodec, "logistic": LogisticCodec,
+                                            "logistic-mix": LogisticMixtureCodec,
+                                            "logistic-ar": AutoregressiveLogisticCodec}
 
 
 def codec_for(likelihood: str) -> ObservationCodec:
     if likelihood not in CODECS:
         raise VaekitError(f"a run with the {likelihood} likelihood cannot code data losslessly (a density on "
                           f"continuous values is no code length); compress needs a run trained with --likelihood "
-                          f"{' or '.join(CODECS)}")
+                          f"{', '.join(list(CODECS)[:-1])} or {list(CODECS)[-1]}")
     return CODECS[likelihood]()

@@ -20,6 +20,8 @@ from vaekit.models.priors import FullCovarianceMixture
 
 GMM_FILE = "prior_gmm.safetensors"
 COVARIANCES = ("full", "diag")
+COMPONENT_CHOICES = (5, 10, 20, 50, 100)  # what components=None chooses among
+HELD_OUT = 0.2  # of the codes, scored to choose the number of components
 
 
 @dataclass
@@ -40,22 +42,43 @@ def fit_gmm_prior(run: str | Path, model, data, components: int = 10, covariance
     return FittedPrior(path, len(codes), fitted, standard)
 
 
-def fit_gmm(model, data, components: int = 10, covariance: str = "full", max_examples: int = 20000,
+def fit_gmm(model, data, components: int | None = 10, covariance: str = "full", max_examples: int = 20000,
             seed: int = 0) -> FullCovarianceMixture:
-    """The same mixture as ``fit_gmm_prior``, fitted in memory and not saved (deterministic for a seed)."""
+    """The same mixture as ``fit_gmm_prior``, fitted in memory and not saved (deterministic for a seed).
+    ``components=None`` chooses the number (``choose_components``)."""
     return _mixture(_fit(model, data, components, covariance, max_examples, seed)[1])
 
 
-def _fit(model, data, components: int, covariance: str, max_examples: int,
+def choose_components(codes: np.ndarray, covariance: str = "full", seed: int = 0,
+                      choices: tuple[int, ...] = COMPONENT_CHOICES) -> int:
+    """The number of components, of ``choices``, whose mixture fitted on a seeded 80% of the codes gives
+    the other 20% the highest mean log-likelihood. Choices with fewer fitting codes than components x
+    latent dimensions are skipped (too few to fit a full covariance each)."""
+    from sklearn.mixture import GaussianMixture
+
+    order = np.random.default_rng(seed).permutation(len(codes))
+    cut = round(len(codes) * (1 - HELD_OUT))
+    fit_on, held_out = codes[order[:cut]], codes[order[cut:]]
+    usable = [c for c in choices if c * codes.shape[1] <= len(fit_on)] or [min(choices)]
+    if len(held_out) == 0 or len(usable) == 1:
+        return usable[0]
+    scores = {c: GaussianMixture(c, covariance_type=covariance, random_state=seed, reg_covar=1e-5)
+              .fit(fit_on).score(held_out) for c in usable}
+    return max(scores, key=scores.get)
+
+
+def _fit(model, data, components: int | None, covariance: str, max_examples: int,
          seed: int) -> tuple[np.ndarray, dict, float]:
     """(the codes, the mixture's tensors, the codes' mean log-likelihood under it)."""
     from sklearn.mixture import GaussianMixture
 
     if covariance not in COVARIANCES:
         raise VaekitError(f"unknown covariance '{covariance}' (choose from: {', '.join(COVARIANCES)})")
-    if components < 1:
+    if components is not None and components < 1:
         raise VaekitError(f"--components must be >= 1, got {components}")
     codes = posterior_means(model, data.take(min(len(data), max_examples))).double().numpy()
+    if components is None:
+        components = choose_components(codes, covariance, seed)
     if len(codes) < components:
         raise VaekitError(f"{len(codes)} codes are too few for {components} mixture components")
     gmm = GaussianMixture(components, covariance_type=covariance, random_state=seed, reg_covar=1e-5).fit(codes)

@@ -109,6 +109,7 @@ class FullCovarianceMixture:
 
         self.dist = MixtureSameFamily(Categorical(probs=weights), MultivariateNormal(means, scale_tril=scale_tril))
         self.event_shape = means.shape[1:]
+        self.components = int(means.shape[0])
 
     def log_prob(self, z: Tensor) -> Tensor:
         return self.dist.log_prob(z)
