@@ -109,10 +109,8 @@ class Chains:
         return self.codec.params(self.layers.observation(self.grids[0].values(buckets0)))
 
     def push_x(self, symbols: np.ndarray, params: np.ndarray) -> None:
-        for i in range(len(symbols)):
-            self.codec.push(self.coders[i], symbols[i], params[i])
-        if self.tally is not None:
-            self._count(sum(self.codec.information(symbols[i], params[i]) for i in range(len(symbols))), push=True)
+        bits = sum(self.codec.push(self.coders[i], symbols[i], params[i]) for i in range(len(symbols)))
+        self._count(bits, push=True)
 
     def pop_x(self, params: np.ndarray) -> np.ndarray:
         return self.codec.pop_lanes(self.coders[: len(params)], params)

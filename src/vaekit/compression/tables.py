@@ -94,7 +94,9 @@ class ObservationCodec:
         """The distribution's parameters, quantised: [n, P, D]."""
         raise NotImplementedError
 
-    def push(self, coder, symbols: np.ndarray, params: np.ndarray) -> None:
+    def push(self, coder, symbols: np.ndarray, params: np.ndarray) -> float:
+        """Encode one example's symbols [D]; returns their information content -log2 P (bits), read off
+        the same tables, for the rate check."""
         raise NotImplementedError
 
     def pop(self, coder, params: np.ndarray) -> np.ndarray:
@@ -103,10 +105,6 @@ class ObservationCodec:
     def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
         """One example from each of ``coders`` (params [m, P, D]) -> symbols [m, D]."""
         return np.stack([self.pop(coders[i], params[i]) for i in range(len(params))])
-
-    def information(self, symbols: np.ndarray, params: np.ndarray) -> float:
-        """-log2 P(symbols) under the tables (bits), for the rate check."""
-        raise NotImplementedError
 
 
 def _flat(t) -> np.ndarray:
@@ -141,15 +139,13 @@ class BernoulliCodec(ObservationCodec):
     def _p(self, params: np.ndarray) -> np.ndarray:
         return expit(params[0])
 
-    def push(self, coder, symbols, params) -> None:
-        coder.encode_reverse(symbols, self.family, self._p(params))
+    def push(self, coder, symbols, params) -> float:
+        p = self._p(params)
+        coder.encode_reverse(symbols, self.family, p)
+        return float(-np.log2(np.where(symbols == 1, p, 1.0 - p)).sum())
 
     def pop(self, coder, params) -> np.ndarray:
         return coder.decode(self.family, self._p(params))
-
-    def information(self, symbols, params) -> float:
-        p = self._p(params)
-        return float(-np.log2(np.where(symbols == 1, p, 1.0 - p)).sum())
 
 
 class LogisticCodec(ObservationCodec):
@@ -187,15 +183,15 @@ class LogisticCodec(ObservationCodec):
     def tables(self, params: np.ndarray) -> np.ndarray:
         return self.masses(params[0], params[1]) + 1e-300  # params: [2, D]
 
-    def push(self, coder, symbols, params) -> None:
-        coder.encode_reverse(symbols, self.family, self.tables(params))
+    def push(self, coder, symbols, params) -> float:
+        return self._encode(coder, symbols, self.tables(params))
+
+    def _encode(self, coder, symbols: np.ndarray, tables: np.ndarray) -> float:
+        coder.encode_reverse(symbols, self.family, tables)
+        return float(-np.log2(tables[np.arange(len(symbols)), symbols] / tables.sum(-1)).sum())
 
     def pop(self, coder, params) -> np.ndarray:
         return coder.decode(self.family, self.tables(params))
-
-    def information(self, symbols, params) -> float:
-        t = normalise(self.tables(params))
-        return float(-np.log2(t[np.arange(len(symbols)), symbols]).sum())
 
 
 class LogisticMixtureCodec(LogisticCodec):
@@ -247,8 +243,8 @@ class AutoregressiveLogisticCodec(LogisticCodec):
     def tables(self, params: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         return self.masses(self._loc(params, self.model_input(symbols)), params[1]) + 1e-300
 
-    def push(self, coder, symbols, params) -> None:
-        coder.encode_reverse(symbols, self.family, self.tables(params, symbols))
+    def push(self, coder, symbols, params) -> float:
+        return self._encode(coder, symbols, self.tables(params, symbols))
 
     def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
         c, h, w = self.shape
@@ -270,10 +266,6 @@ class AutoregressiveLogisticCodec(LogisticCodec):
 
     def pop(self, coder, params) -> np.ndarray:
         return self.pop_lanes([coder], params[None])[0]
-
-    def information(self, symbols, params) -> float:
-        t = normalise(self.tables(params, symbols))
-        return float(-np.log2(t[np.arange(len(symbols)), symbols]).sum())
 
 
 CODECS: dict[str, type[ObservationCodec]] = {"bernoulli": BernoulliCodec, "logistic": LogisticCodec,
