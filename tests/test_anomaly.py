@@ -175,9 +175,9 @@ def test_threshold_gives_the_asked_fpr_within_one_over_n():
 def test_the_latent_mixture_size_is_chosen_by_held_out_likelihood():
     rng = np.random.default_rng(0)
     centres = rng.uniform(-50, 50, (20, 2))
-    clusters = centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 2))
-    assert choose_components(clusters) == 20  # 20 planted clusters: fewer underfit, 50 and 100 overfit
-    assert choose_components(rng.standard_normal((4000, 3))) == min(COMPONENT_CHOICES)  # one Gaussian
+    clusters = centres[rng.integers(0, 20, 2000)] + rng.standard_normal((2000, 2))
+    assert choose_components(clusters, choices=(5, 20, 50)) == 20  # 20 planted clusters: 5 underfit, 50 overfit
+    assert choose_components(rng.standard_normal((2000, 3)), choices=(5, 20)) == 5  # one Gaussian
     # 30 codes in 3 dimensions: only the smallest choice has enough codes per full covariance
     assert choose_components(rng.standard_normal((30, 3))) == min(COMPONENT_CHOICES)
 
