@@ -24,7 +24,9 @@ Budgets, stated per model: every deep model (vaekit's VAE, PyOD's VAE and AutoEn
 --epochs epochs (PyOD's VAE default is 30) on the same data (tabular: 300 epochs of 178 rows); the
 vaekit VAE is, one-class: a conv VAE (channels 32,64, 16 latents, Gaussian likelihood with a learned scale;
 its latent score beat the MLP's by 0.014 mean AUROC in a 10-epoch comparison, 0.9276 against 0.9135);
-OOD: an MLP 784-512-256 with 16 latents and the discretised logistic; tabular: 30-64-32, 4 latents,
+OOD: a conv VAE (channels 32,64, 32 latents) with the discretised logistic (its latent score on
+Fashion-MNIST upside down, by hand at 30 epochs: 0.946, against the MLP 784-512-256's 0.81 at 10);
+tabular: 30-64-32, 4 latents,
 Gaussian likelihood, batch 32. Batch 128 and Adam 1e-3 unless stated.
 scikit-learn's baselines train to convergence: IsolationForest (200 trees), OneClassSVM (RBF, gamma
 "scale", nu 0.1), PCA (the components that explain 90% of the variance). PyOD runs with its defaults
@@ -56,7 +58,8 @@ TABLE_SCORES = ["nll", "elbo", "recon", "latent", "regret", "ratio"]  # complexi
 PERTURB = "0.2"  # ratio: the background model's noise rate, the middle of Ren et al.'s range [0.1, 0.3], not tuned
 BASELINES = ["IsolationForest", "OneClassSVM", "PCA", "PyOD VAE", "PyOD AE"]
 CONV = ["--model", "conv", "--channels", "32,64", "--latent-dim", "16", "--batch-size", "128", "--lr", "1e-3"]
-MLP = ["--model", "mlp", "--hidden", "512,256", "--latent-dim", "16", "--batch-size", "128", "--lr", "1e-3"]
+OOD_CONV = ["--model", "conv", "--channels", "32,64", "--latent-dim", "32", "--batch-size", "128", "--lr", "1e-3",
+            "--likelihood", "logistic"]
 TABLE_MLP = ["--model", "mlp", "--hidden", "64,32", "--latent-dim", "4", "--likelihood", "gaussian",
              "--batch-size", "32", "--lr", "1e-3"]
 PYOD = ["pyod==3.6.7", "tqdm"]  # PyOD's deep models import tqdm without declaring it
@@ -197,9 +200,9 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
     out = folder / "run"
     shutil.rmtree(out, ignore_errors=True)
     print(f"anomaly: OOD, training on {len(x)} Fashion-MNIST images", file=sys.stderr, flush=True)
-    run([*VAEKIT, "train", "--data", folder / "fashion.npz", *MLP, "--likelihood", "logistic", "--epochs",
+    run([*VAEKIT, "train", "--data", folder / "fashion.npz", *OOD_CONV, "--epochs",
          args.epochs, "--seed", "0", "--quiet", "--out", out])
-    background = train_background(folder / "fashion.npz", folder, [*MLP, "--likelihood", "logistic"], args.epochs)
+    background = train_background(folder / "fashion.npz", folder, OOD_CONV, args.epochs)
     # every set in one file, scored in one call (one calibration); AUROC per set from the CSV's rows
     sets = ood_sets(100 if args.quick else 2000, x_test)
     np.savez(folder / "ood.npz", x=np.concatenate(list(sets.values())))
@@ -220,10 +223,12 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
                      **{s: auroc(labels, np.array([float(r[s]) for r in normal + part])) for s in SCORES}})
     cols = ["set", "n", *SCORES]
     corrected = min(max(r["complexity"], r["regret"], r["ratio"]) for r in rows)
-    text = (f"### Out-of-distribution sets, VAE (discretised logistic likelihood) trained on {len(x)} Fashion-MNIST "
-            f"images (AUROC; normal: its {len(x_test)} test images)\n\n"
+    best = min(max(r[s] for s in SCORES if s != "nll") for r in rows)
+    text = (f"### Out-of-distribution sets, conv VAE (discretised logistic likelihood) trained on {len(x)} "
+            f"Fashion-MNIST images (AUROC; normal: its {len(x_test)} test images)\n\n"
             f"{markdown_table(rows, cols)}\n\nworst set's best corrected score "
-            f"(max of complexity, regret, ratio): {corrected:.4f} (target >= 0.95)\n")
+            f"(max of complexity, regret, ratio): {corrected:.4f} (target >= 0.95); worst set's best score "
+            f"of any kind but nll (latent included): {best:.4f}\n")
     return rows, text
 
 

@@ -174,11 +174,16 @@ class LogisticCodec(ObservationCodec):
         check_finite(p, "logistic parameters")
         return p
 
-    def masses(self, loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
-        """The 256 masses of one discretised logistic per element ([D] each -> [D, 256])."""
-        cdf = expit((self.edges[None, :] - loc[:, None]) * np.exp(-log_scale)[:, None])
-        ones = np.ones((len(loc), 1))
-        return np.diff(cdf, prepend=0.0 * ones, append=ones, axis=1)
+    def masses(self, loc: np.ndarray, log_scale: np.ndarray, inv_scale: np.ndarray | None = None) -> np.ndarray:
+        """The 256 masses of one discretised logistic per element ([D] each -> [D, 256]): differences of
+        the CDF at the 255 bin edges, with 0 below and 1 above. ``inv_scale``: exp(-log_scale), if known."""
+        inv_scale = np.exp(-log_scale) if inv_scale is None else inv_scale
+        cdf = expit((self.edges[None, :] - loc[:, None]) * inv_scale[:, None])
+        out = np.empty((len(loc), self.alphabet))
+        out[:, 0] = cdf[:, 0]
+        np.subtract(cdf[:, 1:], cdf[:, :-1], out=out[:, 1:-1])
+        out[:, -1] = 1.0 - cdf[:, -1]
+        return out
 
     def tables(self, params: np.ndarray) -> np.ndarray:
         return self.masses(params[0], params[1]) + 1e-300  # params: [2, D]
@@ -246,22 +251,34 @@ class AutoregressiveLogisticCodec(LogisticCodec):
     def push(self, coder, symbols, params) -> float:
         return self._encode(coder, symbols, self.tables(params, symbols))
 
-    def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
+    def _neighbours(self) -> list[list[tuple[int, int]]]:
+        """For each pixel (flat index p), its (coefficient row, neighbour's flat index or -1 off the image)."""
+        if getattr(self, "_table", (None,))[0] == self.shape:
+            return self._table[1]
         c, h, w = self.shape
-        m = len(params)
-        values = np.zeros((m, c, h, w))
-        symbols = np.zeros((m, c * h * w), dtype=np.int32)
-        offsets = self._offsets()
+        table = []
         for p in range(c * h * w):
             ch, i, j = p // (h * w), (p // w) % h, p % w
+            table.append([(2 + k, (ch * h + i + di) * w + j + dj if i + di >= 0 and 0 <= j + dj < w else -1)
+                          for k, (di, dj) in enumerate(self._offsets())])
+        self._table = (self.shape, table)
+        return table
+
+    def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
+        m, _, d = params.shape
+        values = np.zeros((m, d))  # decoded levels / 255, as model_input gives them
+        symbols = np.zeros((m, d), dtype=np.int32)
+        inv_scale = np.exp(-params[:, 1, :])  # [m, D]
+        decoders = [coder.decode for coder in coders]
+        for p, neighbours in enumerate(self._neighbours()):
+            # the multiply-adds of _loc, in its order (0.0 off the image, as its zero padding gives)
             loc = params[:, 0, p].copy()
-            for k, (di, dj) in enumerate(offsets):
-                inside = i + di >= 0 and 0 <= j + dj < w
-                loc = loc + params[:, 2 + k, p] * (values[:, ch, i + di, j + dj] if inside else 0.0)
-            t = self.masses(loc, params[:, 1, p]) + 1e-300  # [m, 256]
+            for row, q in neighbours:
+                loc = loc + params[:, row, p] * (values[:, q] if q >= 0 else 0.0)
+            t = self.masses(loc, params[:, 1, p], inv_scale[:, p]) + 1e-300  # [m, 256]
             for lane in range(m):
-                symbols[lane, p] = coders[lane].decode(self.family, t[lane : lane + 1])[0]
-            values[:, ch, i, j] = self.model_input(symbols[:, p])
+                symbols[lane, p] = decoders[lane](self.family, t[lane : lane + 1])[0]
+            values[:, p] = symbols[:, p] / 255.0
         return symbols
 
     def pop(self, coder, params) -> np.ndarray:
