@@ -8,8 +8,10 @@ shape [B, D] (or [B, C, H, W]) they return [B], and for samples of shape [K, B, 
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -289,9 +291,10 @@ class DiscretizedLogistic:
         x = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
         return self.mode_of(x)
 
-    def mode_of(self, x: Tensor) -> Tensor:
+    @classmethod
+    def mode_of(cls, x: Tensor) -> Tensor:
         """Values rounded to the nearest of the 256 levels."""
-        return (x.clamp(0.0, 1.0) * (self.LEVELS - 1)).round() / (self.LEVELS - 1)
+        return (x.clamp(0.0, 1.0) * (cls.LEVELS - 1)).round() / (cls.LEVELS - 1)
 
     def unflatten_batch(self, k: int) -> DiscretizedLogistic:
         """View a batch of k*B rows as [k, B, ...] (k samples for each of B examples)."""
@@ -361,7 +364,7 @@ class DiscretizedLogisticMixture:
         return one.sample(generator)
 
     def mode_of(self, x: Tensor) -> Tensor:
-        return self.components.mode_of(x)
+        return DiscretizedLogistic.mode_of(x)
 
     def unflatten_batch(self, k: int) -> DiscretizedLogisticMixture:
         return DiscretizedLogisticMixture(self.logits.unflatten(0, (k, -1)), self.loc.unflatten(0, (k, -1)),
@@ -405,18 +408,37 @@ class AutoregressiveLogistic:
         self.loc, self.log_scale, self.coefs = loc, log_scale, coefs
         self.event_ndim = event_ndim
 
-    @classmethod
-    def neighbours(cls, x: Tensor) -> Tensor:
-        """[..., H, W] -> [..., H, W, 6]: each pixel's causal neighbours (0 off the image)."""
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (2, 2, 2, 0))  # 2 left, 2 right, 2 above
-        return torch.stack([padded[..., 2 + di : 2 + di + h, 2 + dj : 2 + dj + w] for di, dj in cls.OFFSETS], -1)
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def neighbour_index(shape: tuple[int, int, int]) -> np.ndarray:
+        """[6, C*H*W] int64: the flat index of each pixel's k-th causal neighbour in its channel, or C*H*W
+        (one past the end: a zero appended to the image) off the image. Shared with the codec, so the
+        model and the coder read the same neighbours."""
+        c, h, w = shape
+        ch, i, j = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+        rows = []
+        for di, dj in AutoregressiveLogistic.OFFSETS:
+            inside = (i + di >= 0) & (j + dj >= 0) & (j + dj < w)
+            rows.append(np.where(inside, (ch * h + i + di) * w + j + dj, c * h * w).reshape(-1))
+        index = np.stack(rows)
+        index.flags.writeable = False  # cached and shared
+        return index
+
+    def _index(self) -> Tensor:
+        return torch.tensor(self.neighbour_index(tuple(self.loc.shape[-3:])), device=self.loc.device)  # a copy
+
+    @staticmethod
+    def _padded(x: Tensor) -> Tensor:
+        """[..., C, H, W] -> [..., C*H*W + 1]: the flat image and a zero for the neighbours off it."""
+        flat = x.flatten(-3)
+        return torch.cat([flat, torch.zeros_like(flat[..., :1])], -1)
 
     def conditional(self, x: Tensor) -> DiscretizedLogistic:
         """p(x_ij | the pixels before it), with those pixels read from ``x`` (the image being scored)."""
-        nb = self.neighbours(x.to(_full(self.loc).dtype))
-        loc = _full(self.loc) + (_full(self.coefs) * nb).sum(-1)
-        return DiscretizedLogistic(loc, self.log_scale, self.event_ndim)
+        loc = _full(self.loc)
+        nb = self._padded(x.to(loc.dtype))[..., self._index().T]  # [..., D, 6]
+        shift = (_full(self.coefs).flatten(-4, -2) * nb).sum(-1).unflatten(-1, loc.shape[-3:])
+        return DiscretizedLogistic(loc + shift, self.log_scale, self.event_ndim)
 
     def element_log_prob(self, x: Tensor) -> Tensor:
         return self.conditional(x).element_log_prob(x)
@@ -429,35 +451,33 @@ class AutoregressiveLogistic:
                                       self.coefs.unflatten(0, (k, -1)), self.event_ndim)
 
     def mode_of(self, x: Tensor) -> Tensor:
-        return DiscretizedLogistic.mode_of(self, x)
+        return DiscretizedLogistic.mode_of(x)
 
     def _fill(self, pick) -> Tensor:
-        """The image one pixel at a time: ``pick(conditional, i, j)`` gives pixel (i, j) from its conditional."""
-        loc, coefs = _full(self.loc), _full(self.coefs)
-        x = torch.zeros_like(loc)
-        h, w = loc.shape[-2:]
-        for i in range(h):
-            for j in range(w):
-                nb = [x[..., i + di, j + dj] if i + di >= 0 and 0 <= j + dj < w else torch.zeros_like(x[..., 0, 0])
-                      for di, dj in self.OFFSETS]
-                at = loc[..., i, j] + (coefs[..., i, j, :] * torch.stack(nb, -1)).sum(-1)
-                x[..., i, j] = pick(DiscretizedLogistic(at, self.log_scale[..., i, j], 0), i, j)
-        return x
+        """The image one pixel at a time: ``pick(conditional, p)`` gives flat pixel p from its conditional."""
+        loc, coefs = _full(self.loc).flatten(-3), _full(self.coefs).flatten(-4, -2)  # [..., D], [..., D, 6]
+        log_scale = self.log_scale.flatten(-3)
+        index = self._index()
+        x = torch.zeros((*loc.shape[:-1], loc.shape[-1] + 1), dtype=loc.dtype, device=loc.device)
+        for p in range(loc.shape[-1]):
+            at = loc[..., p] + (coefs[..., p, :] * x[..., index[:, p]]).sum(-1)
+            x[..., p] = pick(DiscretizedLogistic(at, log_scale[..., p], 0), p)
+        return x[..., :-1].unflatten(-1, self.loc.shape[-3:])
 
     @property
     def mean(self) -> Tensor:
         levels = torch.arange(self.LEVELS, dtype=torch.float64, device=self.loc.device) / (self.LEVELS - 1)
-        return self._fill(lambda d, i, j: (d.probs() * levels).sum(-1).to(d.loc.dtype))
+        return self._fill(lambda d, p: (d.probs() * levels).sum(-1).to(d.loc.dtype))
 
     def mode(self) -> Tensor:
-        return self._fill(lambda d, i, j: d.mode())
+        return self._fill(lambda d, p: d.mode())
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=torch.float32)
-        u = u.clamp(1e-6, 1 - 1e-6)
+        u = u.clamp(1e-6, 1 - 1e-6).flatten(-3)
 
-        def draw(d: DiscretizedLogistic, i: int, j: int) -> Tensor:
-            v = u[..., i, j].to(d.loc.dtype)
+        def draw(d: DiscretizedLogistic, p: int) -> Tensor:
+            v = u[..., p].to(d.loc.dtype)
             return d.mode_of(d.loc + torch.exp(d.log_scale) * (torch.log(v) - torch.log1p(-v)))
 
         return self._fill(draw)

@@ -224,57 +224,36 @@ class AutoregressiveLogisticCodec(LogisticCodec):
     likelihood = "logistic-ar"
 
     def params(self, px) -> np.ndarray:
-        self.shape = tuple(px.loc.shape[1:])  # [C, H, W]
+        from vaekit.distributions import AutoregressiveLogistic
+
+        self.index = AutoregressiveLogistic.neighbour_index(tuple(px.loc.shape[1:]))  # [6, D]; D: off the image
         coefs = np.moveaxis(px.coefs.detach().double().cpu().numpy(), -1, 1)  # [n, 6, C, H, W]
         p = quantise(np.concatenate([_flat(px.loc)[:, None], _flat(px.log_scale)[:, None],
                                      coefs.reshape(len(coefs), coefs.shape[1], -1)], axis=1))  # [n, 8, D]
         check_finite(p, "autoregressive logistic parameters")
         return p
 
-    def _offsets(self) -> list[tuple[int, int]]:
-        from vaekit.distributions import AutoregressiveLogistic
-
-        return list(AutoregressiveLogistic.OFFSETS)
-
-    def _loc(self, params: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Locations of every pixel of one image (params [8, D], values [D] = levels / 255)."""
-        c, h, w = self.shape
-        padded = np.pad(values.reshape(c, h, w), ((0, 0), (2, 0), (2, 2)))
-        loc = params[0].copy()
-        for k, (di, dj) in enumerate(self._offsets()):  # one multiply-add per neighbour, in a fixed order
-            loc = loc + params[2 + k] * padded[:, 2 + di : 2 + di + h, 2 + dj : 2 + dj + w].reshape(-1)
-        return loc
-
     def tables(self, params: np.ndarray, symbols: np.ndarray) -> np.ndarray:
-        return self.masses(self._loc(params, self.model_input(symbols)), params[1]) + 1e-300
+        """The tables of one known image (params [8, D], symbols [D])."""
+        values = np.append(self.model_input(symbols), 0.0)  # a zero for the neighbours off the image
+        loc = params[0].copy()
+        for k, neighbour in enumerate(self.index):  # one multiply-add per neighbour, in pop_lanes' order
+            loc = loc + params[2 + k] * values[neighbour]
+        return self.masses(loc, params[1]) + 1e-300
 
     def push(self, coder, symbols, params) -> float:
         return self._encode(coder, symbols, self.tables(params, symbols))
 
-    def _neighbours(self) -> list[list[tuple[int, int]]]:
-        """For each pixel (flat index p), its (coefficient row, neighbour's flat index or -1 off the image)."""
-        if getattr(self, "_table", (None,))[0] == self.shape:
-            return self._table[1]
-        c, h, w = self.shape
-        table = []
-        for p in range(c * h * w):
-            ch, i, j = p // (h * w), (p // w) % h, p % w
-            table.append([(2 + k, (ch * h + i + di) * w + j + dj if i + di >= 0 and 0 <= j + dj < w else -1)
-                          for k, (di, dj) in enumerate(self._offsets())])
-        self._table = (self.shape, table)
-        return table
-
     def pop_lanes(self, coders: list, params: np.ndarray) -> np.ndarray:
         m, _, d = params.shape
-        values = np.zeros((m, d))  # decoded levels / 255, as model_input gives them
+        values = np.zeros((m, d + 1))  # decoded levels / 255, as model_input gives them, and the zero
         symbols = np.zeros((m, d), dtype=np.int32)
         inv_scale = np.exp(-params[:, 1, :])  # [m, D]
         decoders = [coder.decode for coder in coders]
-        for p, neighbours in enumerate(self._neighbours()):
-            # the multiply-adds of _loc, in its order (0.0 off the image, as its zero padding gives)
+        for p in range(d):
             loc = params[:, 0, p].copy()
-            for row, q in neighbours:
-                loc = loc + params[:, row, p] * (values[:, q] if q >= 0 else 0.0)
+            for k, neighbour in enumerate(self.index[:, p]):  # the multiply-adds of tables, in its order
+                loc = loc + params[:, 2 + k, p] * values[:, neighbour]
             t = self.masses(loc, params[:, 1, p], inv_scale[:, p]) + 1e-300  # [m, 256]
             for lane in range(m):
                 symbols[lane, p] = decoders[lane](self.family, t[lane : lane + 1])[0]
