@@ -257,7 +257,7 @@ class AutoregressiveLogisticCodec(LogisticCodec):
             t = self.masses(loc, params[:, 1, p], inv_scale[:, p]) + 1e-300  # [m, 256]
             for lane in range(m):
                 symbols[lane, p] = decoders[lane](self.family, t[lane : lane + 1])[0]
-            values[:, p] = symbols[:, p] / 255.0
+            values[:, p] = self.model_input(symbols[:, p])
         return symbols
 
     def pop(self, coder, params) -> np.ndarray:
