@@ -297,7 +297,11 @@ def main() -> None:
         print(text, flush=True)
     header = (f"Anomaly detection ({machine()}); deep models {args.epochs} epochs, seeds 0; vaekit K={args.k}, "
               f"regret {args.steps} steps{' (QUICK: a pipeline check, not results)' if args.quick else ''}\n\n")
-    save("anomaly-quick" if args.quick else "anomaly", payload, header + "\n".join(texts))
+    from vaekit.precision import resolve_precision
+
+    # vaekit trains with its default, --precision auto, which is bf16 on some CPUs; the baselines run in fp32
+    precision = f"vaekit: auto ({resolve_precision('auto', 'cpu').name}); baselines: fp32"
+    save("anomaly-quick" if args.quick else "anomaly", payload, header + "\n".join(texts), precision=precision)
 
 
 if __name__ == "__main__":
