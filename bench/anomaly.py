@@ -276,6 +276,8 @@ def main() -> None:
     p.add_argument("--oneclass-scores", default="all",
                    help="the vaekit scores of the one-class part (default all; regret and K = 100 cost ~20 "
                         "minutes a class for the conv VAE on a 2-core CPU)")
+    p.add_argument("--latent-codes", choices=("mean", "mean+logvar"), default="mean",
+                   help="what the latent score's mixture is fitted to (default mean)")
     p.add_argument("--quick", action="store_true", help="check the pipeline in a minute or two (numbers meaningless)")
     args = p.parse_args()
     if args.quick:
@@ -285,7 +287,7 @@ def main() -> None:
         args.oneclass_scores = list(parse_scores(args.oneclass_scores))
     except VaekitError as e:
         p.error(str(e))
-    args.score_args = ["-k", str(args.k), "--steps", str(args.steps)]
+    args.score_args = ["-k", str(args.k), "--steps", str(args.steps), "--latent-codes", args.latent_codes]
     work = RESULTS / "runs" / ("anomaly-quick" if args.quick else "anomaly")
     parts = {"oneclass": one_class, "ood": out_of_distribution, "tabular": tabular}
     payload, texts = {"epochs": args.epochs, "k": args.k, "steps": args.steps, "quick": args.quick,

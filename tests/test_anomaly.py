@@ -23,6 +23,7 @@ from vaekit.anomaly import (
     threshold_at,
 )
 from vaekit.anomaly.scores import DRAWS, _generators, latent_prior
+from vaekit.errors import VaekitError
 from vaekit.evaluation.aggregate import COMPONENT_CHOICES, choose_components
 
 FEW = ScoreSettings(k=64)  # regret compares two ELBOs: 64 shared draws keep their difference steady
@@ -211,6 +212,29 @@ def test_anomaly_command_calibrates_flags_and_measures(cli, blob_run, planted, t
     s, threshold, flags = score_against_threshold(run, x[55:65])
     np.testing.assert_allclose(s.numpy(), [float(r["regret"]) for r in rows[55:65]], atol=2e-6)
     assert threshold == summary["threshold"] and flags.tolist() == [bool(f) for f in flagged[55:65]]
+
+
+def test_latent_score_over_posterior_means_and_log_variances(cli, blob_run, planted, tmp_path):
+    run, model, train_x = blob_run
+    x, label = planted
+    both = ScoreSettings(codes="mean+logvar")
+    mixture = latent_prior(model, reference=train_x, codes="mean+logvar")
+    assert tuple(mixture.event_shape) == (8,)  # 4 means and 4 log-variances
+    s = score_all(model, x, ("latent",), both, prior=mixture)["latent"]
+    assert s[label == 1].min() > s[label == 0].max()
+    assert not torch.allclose(s, score_all(model, x, ("latent",), QUICK, prior=latent_prior(model, reference=train_x))
+                              ["latent"])
+    with pytest.raises(VaekitError, match="over 4 dimensions"):  # a mixture over the means alone
+        score_all(model, x, ("latent",), both, prior=latent_prior(model, reference=train_x))
+    copy = tmp_path / "run"  # the calibration is saved in the run: a copy keeps the shared run's
+    shutil.copytree(run, copy)
+    r = cli("anomaly", copy, "--score", "latent", "--latent-codes", "mean+logvar", "--out", tmp_path / "s.csv",
+            "--json", "--no-figures")
+    assert r.code == 0, r.err
+    calibration = load_calibration(copy)
+    assert calibration.settings.codes == "mean+logvar"
+    again, _, _ = score_against_threshold(copy, x)  # refits the same mixture over the same features
+    torch.testing.assert_close(again, score(copy, x, "latent", settings=calibration.settings))
 
 
 def test_ood_data_and_tables(cli, blob_run, tmp_path, table_csv):

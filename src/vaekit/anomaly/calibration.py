@@ -112,7 +112,7 @@ def calibrated_inputs(model, run: str | Path | None, calibration: Calibration) -
         if run is None:
             raise VaekitError("the latent score of a model needs prior= (the aggregate posterior's mixture)")
         out["prior"] = latent_prior(model, run=run, components=calibration.settings.components,
-                                    seed=calibration.settings.seed)
+                                    seed=calibration.settings.seed, codes=calibration.settings.codes)
     if calibration.score == "ratio":
         if not calibration.background:
             raise VaekitError("this ratio calibration names no background run: pass background=")

@@ -117,7 +117,8 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
         names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0], background)
     prior, settings = None, req.settings
     if "latent" in names:
-        prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed)
+        prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed,
+                             codes=req.settings.codes)
         # the calibration records the number chosen, so that a later score refits the same mixture
         settings = dataclasses.replace(settings, components=prior.components)
     cal_scores = score_data(model, cal_data, names, settings, prior, req.progress, "calibrate", background)

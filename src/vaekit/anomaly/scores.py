@@ -4,7 +4,9 @@
 - ``elbo``: -ELBO(x) (K draws of the reconstruction term; the KL in closed form under N(0, I)), nats;
 - ``recon``: -E_q[log p(x|z)] over the same K draws (the reconstruction probability of An & Cho 2015), nats;
 - ``latent``: -log q_GMM(E_q[z|x]): the posterior mean's density under a Gaussian mixture fitted to the
-  training codes (the aggregate posterior), nats;
+  training codes (the aggregate posterior), nats; with ``codes="mean+logvar"`` the mixture is fitted to,
+  and scores, each posterior's mean and log-variance side by side: how typical the whole posterior is,
+  the encoder's uncertainty included;
 - ``complexity``: the NLL in bits minus the bits of a lossless compression of the 8-bit input (Serrà et
   al. 2020, "Input complexity and out-of-distribution detection with likelihood-based generative
   models"), bits per image on both sides; a discrete likelihood (logistic: 256 levels) is already the
@@ -63,6 +65,7 @@ class ScoreSettings:
     codec: str = "png"  # complexity: png (Pillow, optimize) | best (the shortest of png, zlib, bz2, lzma)
     components: int | None = None  # latent: mixture components fitted to the training codes (None: chosen
     # by held-out likelihood, vaekit.evaluation.aggregate.choose_components)
+    codes: str = "mean"  # latent: what the mixture scores, the posterior "mean" or its "mean+logvar"
 
     def __post_init__(self) -> None:
         check(self.k >= 1, f"the number of draws (--k) must be >= 1, got {self.k}")
@@ -70,6 +73,8 @@ class ScoreSettings:
         check(self.lr > 0, f"--lr must be positive, got {self.lr}")
         check(self.codec in CODECS, f"unknown codec '{self.codec}' (choose from: {', '.join(CODECS)})")
         check(self.components is None or self.components >= 1, f"--components must be >= 1, got {self.components}")
+        check(self.codes in ("mean", "mean+logvar"),
+              f"unknown latent codes '{self.codes}' (choose from: mean, mean+logvar)")
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -229,7 +234,13 @@ def _latent(model, x, y, s: ScoreSettings, ctx) -> Tensor:
     if prior is None:
         raise VaekitError("the latent score needs the aggregate posterior: pass prior= (a mixture from "
                           "vaekit.evaluation.aggregate.fit_gmm or load_gmm_prior) or reference= (training examples)")
-    codes = model.encode(x, y).mean.flatten(1).float().cpu()
+    from vaekit.evaluation.aggregate import posterior_features
+
+    codes = posterior_features(model.encode(x, y), s.codes).float().cpu()
+    size = int(torch.Size(prior.event_shape).numel())
+    if size != codes.shape[1]:
+        raise VaekitError(f"the latent score's mixture is over {size} dimensions, but the {s.codes} codes of this "
+                          f"model have {codes.shape[1]}")
     return -prior.log_prob(codes).double()
 
 
@@ -356,7 +367,8 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
         raise VaekitError(f"score() gives one score; got {', '.join(names)} (use score_all for several)")
     settings = settings or ScoreSettings(k=k, seed=seed, steps=steps, lr=lr, codec=codec)
     if names[0] == "latent" and prior is None:
-        prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed)
+        prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed,
+                             codes=settings.codes)
     background = None if background is None else _as_model(background)
     return score_all(model, x, names, settings, y=y, prior=prior, background=background)[names[0]]
 
@@ -414,15 +426,17 @@ def _score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings
     return {name: torch.cat(p).double() if p else torch.zeros(0, dtype=torch.float64) for name, p in parts.items()}
 
 
-def latent_prior(model, *, reference=None, run=None, components: int | None = None, seed: int = 0):
-    """The aggregate posterior for the ``latent`` score: RUN/prior_gmm.safetensors when ``run`` has one,
-    else a mixture fitted (in memory, deterministically) to the codes of ``reference`` (a tensor of
-    training examples or an ArrayData), or of the run's training split."""
+def latent_prior(model, *, reference=None, run=None, components: int | None = None, seed: int = 0,
+                 codes: str = "mean"):
+    """The aggregate posterior for the ``latent`` score: RUN/prior_gmm.safetensors when ``run`` has one
+    (for ``codes="mean"``: that file is a mixture over the means), else a mixture fitted (in memory,
+    deterministically) to the ``codes`` of ``reference`` (a tensor of training examples or an ArrayData),
+    or of the run's training split."""
     from pathlib import Path
 
     from vaekit.evaluation.aggregate import GMM_FILE, fit_gmm, load_gmm_prior
 
-    if run is not None and (Path(run) / GMM_FILE).is_file():
+    if codes == "mean" and run is not None and (Path(run) / GMM_FILE).is_file():
         return load_gmm_prior(run)
     if reference is None and run is not None:
         from vaekit.data import load_examples
@@ -437,4 +451,4 @@ def latent_prior(model, *, reference=None, run=None, components: int | None = No
         from vaekit.data import ArrayData
 
         reference = ArrayData(reference.float())
-    return fit_gmm(model, reference, components=components, seed=seed)
+    return fit_gmm(model, reference, components=components, seed=seed, features=codes)

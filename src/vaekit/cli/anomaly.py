@@ -45,6 +45,9 @@ class AnomalyCommand(Command):
         p.add_argument("--components", type=positive_int, default=None, help="latent: mixture components when the "
                        "run has no prior_gmm.safetensors (default: chosen among 5, 10, 20, 50, 100 by the likelihood "
                        "of held-out training codes)")
+        p.add_argument("--latent-codes", choices=("mean", "mean+logvar"), default="mean", help="latent: what the "
+                       "mixture is fitted to and scores: the posterior means, or means and log-variances side by "
+                       "side (default mean)")
         p.add_argument("--background", type=Path, default=None, metavar="RUN", help="ratio: the background model, a "
                        "run trained on the same data with --perturb (Ren et al. 2019)")
         p.add_argument("--seed", type=int, default=0, help="seed of every example's noise (default 0)")
@@ -61,7 +64,7 @@ class AnomalyCommand(Command):
         parse_scores(args.score)  # before loading anything: an unknown score is a user error
         scores = ("all",) if args.score.strip() == "all" else parse_scores(args.score)
         settings = ScoreSettings(k=args.k, seed=args.seed, steps=args.steps, lr=args.lr, codec=args.codec,
-                                 components=args.components)
+                                 components=args.components, codes=args.latent_codes)
         if not 0 < args.fpr < 1:
             from vaekit.errors import VaekitError
 

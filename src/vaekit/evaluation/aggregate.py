@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from vaekit.errors import VaekitError
-from vaekit.evaluation.likelihood import posterior_means
 from vaekit.io import load_tensors, save_tensors
 from vaekit.models.priors import FullCovarianceMixture
 
 GMM_FILE = "prior_gmm.safetensors"
 COVARIANCES = ("full", "diag")
+FEATURES = ("mean", "mean+logvar")  # what the mixture is fitted to: the codes, or the posterior's parameters
 COMPONENT_CHOICES = (5, 10, 20, 50, 100)  # what components=None chooses among
 HELD_OUT = 0.2  # of the codes, scored to choose the number of components
 
@@ -43,10 +43,34 @@ def fit_gmm_prior(run: str | Path, model, data, components: int = 10, covariance
 
 
 def fit_gmm(model, data, components: int | None = 10, covariance: str = "full", max_examples: int = 20000,
-            seed: int = 0) -> FullCovarianceMixture:
+            seed: int = 0, features: str = "mean") -> FullCovarianceMixture:
     """The same mixture as ``fit_gmm_prior``, fitted in memory and not saved (deterministic for a seed).
-    ``components=None`` chooses the number (``choose_components``)."""
-    return _mixture(_fit(model, data, components, covariance, max_examples, seed)[1])
+    ``components=None`` chooses the number (``choose_components``). ``features="mean+logvar"`` fits it
+    to each posterior's mean and log-variance side by side ([N, 2D]): a density over posteriors, for
+    scoring (``posterior_features``), not a prior to sample codes from."""
+    return _mixture(_fit(model, data, components, covariance, max_examples, seed, features)[1])
+
+
+def posterior_features(q, features: str = "mean") -> torch.Tensor:
+    """[B, D] posterior means, or [B, 2D] means and log-variances, of a posterior q over [B, ...]."""
+    if features not in FEATURES:
+        raise VaekitError(f"unknown latent features '{features}' (choose from: {', '.join(FEATURES)})")
+    if features == "mean":
+        return q.mean.flatten(1)
+    return torch.cat([q.mean.flatten(1), q.logvar.flatten(1)], dim=1)
+
+
+@torch.no_grad()
+def _features(model, data, features: str, batch_size: int = 1024) -> torch.Tensor:
+    """``posterior_features`` of every example of ``data``, [N, D or 2D]."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        x, y = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        q = model.encode(x.to(device), None if y is None else y.to(device))
+        out.append(posterior_features(q, features).cpu())
+    return torch.cat(out)
 
 
 def choose_components(codes: np.ndarray, covariance: str = "full", seed: int = 0,
@@ -68,7 +92,7 @@ def choose_components(codes: np.ndarray, covariance: str = "full", seed: int = 0
 
 
 def _fit(model, data, components: int | None, covariance: str, max_examples: int,
-         seed: int) -> tuple[np.ndarray, dict, float]:
+         seed: int, features: str = "mean") -> tuple[np.ndarray, dict, float]:
     """(the codes, the mixture's tensors, the codes' mean log-likelihood under it)."""
     from sklearn.mixture import GaussianMixture
 
@@ -76,7 +100,9 @@ def _fit(model, data, components: int | None, covariance: str, max_examples: int
         raise VaekitError(f"unknown covariance '{covariance}' (choose from: {', '.join(COVARIANCES)})")
     if components is not None and components < 1:
         raise VaekitError(f"--components must be >= 1, got {components}")
-    codes = posterior_means(model, data.take(min(len(data), max_examples))).double().numpy()
+    if features not in FEATURES:
+        raise VaekitError(f"unknown latent features '{features}' (choose from: {', '.join(FEATURES)})")
+    codes = _features(model, data.take(min(len(data), max_examples)), features).double().numpy()
     if components is None:
         components = choose_components(codes, covariance, seed)
     if len(codes) < components:
