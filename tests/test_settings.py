@@ -164,3 +164,23 @@ def test_disentanglement_and_fit_prior_take_json(cli, tmp_path):
     r = cli("fit-prior", out, "--components", "2", "--max-examples", "100", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["codes"] == 100
+
+
+def test_a_relative_data_path_is_recorded_absolute(cli, tmp_path, monkeypatch):
+    import numpy as np
+
+    work = tmp_path / "work"
+    work.mkdir()
+    np.savez(work / "d.npz", x=np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32))
+    monkeypatch.chdir(work)
+    flags = ["--hidden", "8", "--latent-dim", "2", "--quiet"]
+    r = cli("train", "--data", "d.npz", "--epochs", "1", "--out", "run", *flags)
+    assert r.code == 0, r.err
+    assert json.loads((work / "run" / "config.json").read_text())["data"]["spec"] == str(work / "d.npz")
+    r = cli("train", "--resume", "--data", "d.npz", "--epochs", "2", "--out", "run", *flags)  # the same file
+    assert r.code == 0, r.err
+    monkeypatch.chdir(tmp_path)  # elsewhere, the run still finds its data
+    r = cli("anomaly", work / "run", "--score", "elbo", "-k", "2", "--json", "--no-figures",
+            "--out", tmp_path / "s.csv")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["n"] > 0

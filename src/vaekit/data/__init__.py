@@ -13,8 +13,8 @@ from __future__ import annotations
 from vaekit.data.arrays import ArrayData, IndexedView, RawData
 from vaekit.data.config import DataConfig, DataInfo
 from vaekit.data.loading import DataSplits, Examples, check_finite, load_data, load_examples, scale_like_run
-from vaekit.data.sources import DATASETS
+from vaekit.data.sources import DATASETS, recorded_spec
 from vaekit.data.stream import ImageStream
 
 __all__ = ["DATASETS", "ArrayData", "DataConfig", "DataInfo", "DataSplits", "Examples", "ImageStream", "IndexedView",
-           "RawData", "check_finite", "load_data", "load_examples", "scale_like_run"]
+           "RawData", "check_finite", "load_data", "load_examples", "recorded_spec", "scale_like_run"]

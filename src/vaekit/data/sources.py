@@ -45,6 +45,15 @@ def file_reader(*suffixes: str):
     return decorate
 
 
+def recorded_spec(spec: str | None) -> str | None:
+    """The spec as a run records it: a relative path to an existing file or folder made absolute, so
+    that the run finds its data again from any working directory; dataset names unchanged."""
+    if not spec or spec.partition(":")[0] in DATASETS:
+        return spec
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() and not path.is_absolute() else spec
+
+
 def read_source(spec: str, opts: ReadOptions) -> RawData:
     """Resolve a ``--data`` spec: a dataset name, ``name:/dir``, a file, or an image directory."""
     name, _, arg = spec.partition(":")

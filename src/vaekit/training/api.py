@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vaekit.config import from_dict, to_dict
-from vaekit.data import DataConfig, DataInfo
+from vaekit.data import DataConfig, DataInfo, recorded_spec
 from vaekit.errors import VaekitError
 from vaekit.objectives import OBJECTIVES
 from vaekit.registry import suggest
@@ -99,6 +99,9 @@ def train(
         from vaekit.models import MODELS
 
         data_cfg, train_cfg = settings.data, settings.training
+        # relative paths are recorded absolute: later commands read the run's data from any directory
+        data_cfg = dataclasses.replace(data_cfg, spec=recorded_spec(data_cfg.spec),
+                                       test_spec=recorded_spec(data_cfg.test_spec))
         splits = MODELS.get(settings.model).prepare_data(data_cfg, settings.model_overrides, None, open_run)
         model_cls, model_cfg = model_config_for(settings.model, settings.model_overrides, splits.info,
                                                 settings.conditional)
