@@ -237,6 +237,16 @@ def test_latent_score_over_posterior_means_and_log_variances(cli, blob_run, plan
     torch.testing.assert_close(again, score(copy, x, "latent", settings=calibration.settings))
 
 
+def test_detector_scores_latent_over_mean_and_logvar(tmp_path):
+    x = blobs(200, 3)[0].reshape(200, -1)
+    with pytest.raises(ValueError, match="latent_codes"):  # before any training
+        VAEDetector(anomaly_score="latent", latent_codes="logvar").fit(x)
+    det = VAEDetector(anomaly_score="latent", latent_codes="mean+logvar", hidden=(16,), latent_dim=2, epochs=3,
+                      run_dir=str(tmp_path / "run")).fit(x)
+    assert tuple(det.prior_.event_shape) == (4,) and load_calibration(tmp_path / "run").settings.codes == "mean+logvar"
+    assert det.decision_function(x[:5]).shape == (5,)
+
+
 def test_ood_data_and_tables(cli, blob_run, tmp_path, table_csv):
     run, _, _ = blob_run
     np.save(tmp_path / "simple.npy", simple_images())

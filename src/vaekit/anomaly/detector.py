@@ -34,14 +34,15 @@ class VAEDetector(BaseEstimator):
     given (with its calibration, anomaly.json, so that `vaekit anomaly` and ``load_calibration`` see
     it), else trained in a temporary folder that is removed after ``fit``. ``anomaly_score="ratio"``
     trains a second, background VAE on X with a share ``perturb`` of its values replaced by noise (Ren
-    et al. 2019), kept beside ``run_dir`` as ``<run_dir>-background``.
+    et al. 2019), kept beside ``run_dir`` as ``<run_dir>-background``. ``latent_codes`` is what the
+    latent score's mixture is fitted to: ``"mean"`` or ``"mean+logvar"`` (``vaekit anomaly --latent-codes``).
     """
 
     def __init__(self, anomaly_score: str = "nll", contamination: float = 0.1, model: str = "mlp",
                  hidden: tuple[int, ...] = (128, 64), latent_dim: int = 8, channels: tuple[int, ...] = (16, 32),
                  likelihood: str = "auto", epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, k: int = 16,
                  steps: int = 100, perturb: float = 0.2, image_shape: tuple[int, ...] | None = None,
-                 run_dir: str | None = None, random_state: int = 0, device: str = "cpu"):
+                 run_dir: str | None = None, random_state: int = 0, device: str = "cpu", latent_codes: str = "mean"):
         self.anomaly_score = anomaly_score
         self.contamination = contamination
         self.model = model
@@ -58,6 +59,7 @@ class VAEDetector(BaseEstimator):
         self.image_shape = image_shape
         self.run_dir = run_dir
         self.random_state = random_state
+        self.latent_codes = latent_codes
         self.device = device
 
     # -- scikit-learn's API -------------------------------------------------------------------------
@@ -72,6 +74,8 @@ class VAEDetector(BaseEstimator):
         name = parse_scores(self.anomaly_score)
         if len(name) != 1:
             raise ValueError(f"score must be one score name, got {self.anomaly_score!r}")
+        if self.latent_codes not in ("mean", "mean+logvar"):
+            raise ValueError(f"latent_codes must be 'mean' or 'mean+logvar', got {self.latent_codes!r}")
         X = self._validate(X, reset=True)
         with contextlib.ExitStack() as stack:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vaekit-detector-")))
@@ -102,13 +106,15 @@ class VAEDetector(BaseEstimator):
 
             self.data_info_ = read_run_config(run).data_info
             self.model_ = model.eval()
-            self.settings_ = ScoreSettings(k=int(self.k), seed=int(self.random_state), steps=int(self.steps))
+            self.settings_ = ScoreSettings(k=int(self.k), seed=int(self.random_state), steps=int(self.steps),
+                                           codes=str(self.latent_codes))
             self.prior_ = None
             x = self._prepare(X)
             if name[0] == "latent":
                 from vaekit.anomaly.scores import latent_prior
 
-                self.prior_ = latent_prior(self.model_, reference=x, seed=int(self.random_state))
+                self.prior_ = latent_prior(self.model_, reference=x, seed=int(self.random_state),
+                                           codes=self.settings_.codes)
             self.decision_scores_ = self._scores(x)
             self.threshold_ = threshold_at(self.decision_scores_, self.contamination)
             self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
