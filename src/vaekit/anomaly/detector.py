@@ -74,8 +74,10 @@ class VAEDetector(BaseEstimator):
         name = parse_scores(self.anomaly_score)
         if len(name) != 1:
             raise ValueError(f"score must be one score name, got {self.anomaly_score!r}")
-        if self.latent_codes not in ("mean", "mean+logvar"):
-            raise ValueError(f"latent_codes must be 'mean' or 'mean+logvar', got {self.latent_codes!r}")
+        from vaekit.evaluation.likelihood import FEATURES
+
+        if self.latent_codes not in FEATURES:
+            raise ValueError(f"latent_codes must be one of {FEATURES}, got {self.latent_codes!r}")
         X = self._validate(X, reset=True)
         with contextlib.ExitStack() as stack:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vaekit-detector-")))

@@ -73,8 +73,9 @@ class ScoreSettings:
         check(self.lr > 0, f"--lr must be positive, got {self.lr}")
         check(self.codec in CODECS, f"unknown codec '{self.codec}' (choose from: {', '.join(CODECS)})")
         check(self.components is None or self.components >= 1, f"--components must be >= 1, got {self.components}")
-        check(self.codes in ("mean", "mean+logvar"),
-              f"unknown latent codes '{self.codes}' (choose from: mean, mean+logvar)")
+        from vaekit.evaluation.likelihood import FEATURES
+
+        check(self.codes in FEATURES, f"unknown latent codes '{self.codes}' (choose from: {', '.join(FEATURES)})")
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -234,7 +235,7 @@ def _latent(model, x, y, s: ScoreSettings, ctx) -> Tensor:
     if prior is None:
         raise VaekitError("the latent score needs the aggregate posterior: pass prior= (a mixture from "
                           "vaekit.evaluation.aggregate.fit_gmm or load_gmm_prior) or reference= (training examples)")
-    from vaekit.evaluation.aggregate import posterior_features
+    from vaekit.evaluation.likelihood import posterior_features
 
     codes = posterior_features(model.encode(x, y), s.codes).float().cpu()
     size = int(torch.Size(prior.event_shape).numel())

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.evaluation.likelihood import FEATURES, posterior_means
 from vaekit.io import load_tensors, save_tensors
 from vaekit.models.priors import FullCovarianceMixture
 
 GMM_FILE = "prior_gmm.safetensors"
 COVARIANCES = ("full", "diag")
-FEATURES = ("mean", "mean+logvar")  # what the mixture is fitted to: the codes, or the posterior's parameters
 COMPONENT_CHOICES = (5, 10, 20, 50, 100)  # what components=None chooses among
 HELD_OUT = 0.2  # of the codes, scored to choose the number of components
 
@@ -51,28 +51,6 @@ def fit_gmm(model, data, components: int | None = 10, covariance: str = "full", 
     return _mixture(_fit(model, data, components, covariance, max_examples, seed, features)[1])
 
 
-def posterior_features(q, features: str = "mean") -> torch.Tensor:
-    """[B, D] posterior means, or [B, 2D] means and log-variances, of a posterior q over [B, ...]."""
-    if features not in FEATURES:
-        raise VaekitError(f"unknown latent features '{features}' (choose from: {', '.join(FEATURES)})")
-    if features == "mean":
-        return q.mean.flatten(1)
-    return torch.cat([q.mean.flatten(1), q.logvar.flatten(1)], dim=1)
-
-
-@torch.no_grad()
-def _features(model, data, features: str, batch_size: int = 1024) -> torch.Tensor:
-    """``posterior_features`` of every example of ``data``, [N, D or 2D]."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(data), batch_size):
-        x, y = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        q = model.encode(x.to(device), None if y is None else y.to(device))
-        out.append(posterior_features(q, features).cpu())
-    return torch.cat(out)
-
-
 def choose_components(codes: np.ndarray, covariance: str = "full", seed: int = 0,
                       choices: tuple[int, ...] = COMPONENT_CHOICES) -> int:
     """The number of components, of ``choices``, whose mixture fitted on a seeded 80% of the codes gives
@@ -102,7 +80,7 @@ def _fit(model, data, components: int | None, covariance: str, max_examples: int
         raise VaekitError(f"--components must be >= 1, got {components}")
     if features not in FEATURES:
         raise VaekitError(f"unknown latent features '{features}' (choose from: {', '.join(FEATURES)})")
-    codes = _features(model, data.take(min(len(data), max_examples)), features).double().numpy()
+    codes = posterior_means(model, data.take(min(len(data), max_examples)), features=features).double().numpy()
     if components is None:
         components = choose_components(codes, covariance, seed)
     if len(codes) < components:

@@ -167,14 +167,26 @@ def sharded_active_units(means: list[list[Tensor]], n: int, world, widths: list[
     return out
 
 
+FEATURES = ("mean", "mean+logvar")  # what posterior_means returns: the codes, or the posterior's parameters
+
+
+def posterior_features(q, features: str = "mean") -> Tensor:
+    """[B, D] posterior means, or [B, 2D] means and log-variances, of a posterior q over [B, ...]."""
+    if features not in FEATURES:
+        raise VaekitError(f"unknown latent features '{features}' (choose from: {', '.join(FEATURES)})")
+    if features == "mean":
+        return q.mean.flatten(1)
+    return torch.cat([q.mean.flatten(1), q.logvar.flatten(1)], dim=1)
+
+
 @torch.no_grad()
-def posterior_means(model, data: ArrayData, batch_size: int = 1024) -> Tensor:
-    """E_q[z|x] for every example, [N, latent] (flattened)."""
+def posterior_means(model, data: ArrayData, batch_size: int = 1024, features: str = "mean") -> Tensor:
+    """E_q[z|x] for every example, [N, latent] (flattened); ``features="mean+logvar"``: [N, 2 latent]."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(data), batch_size):
         index = torch.arange(start, min(start + batch_size, len(data)))
         x, y = data.batch(index)
-        out.append(model.encode(x.to(device), None if y is None else y.to(device)).mean.flatten(1).cpu())
+        out.append(posterior_features(model.encode(x.to(device), None if y is None else y.to(device)), features).cpu())
     return torch.cat(out)
