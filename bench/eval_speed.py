@@ -4,9 +4,10 @@ installed by this script into bench/.venv-pythae), side by side on the same weig
 The model is the pytorch-example preset trained by train_speed.py (or briefly here if absent);
 its weights are copied into pythae's module names, so both estimate -log p(x) of one model on the
 first N Fashion-MNIST test images with K importance samples. Reports images per second and the
-NLL estimates, for vaekit in fp32, in ``--precision auto`` (the default; the estimator stays fp32
-under auto, see VAE.likelihood_precision) and in ``--precision bf16`` forced (the decoder's matrix
-products in bf16, the densities and the logsumexp in fp32), with each NLL's distance from fp32's.
+NLL estimates, for vaekit in fp32, in ``--precision auto`` (the default; on an AMX CPU the estimator of
+this Bernoulli model runs its network in bf16, see VAE.likelihood_precision) and in ``--precision bf16``
+forced (the network's matrix products in bf16, the densities and the logsumexp in fp32), with each NLL's
+distance from fp32's.
 The issue's targets for an AMX CPU: auto at least 6x pythae with its NLL within 0.05 nats of fp32.
 
 Run: python bench/eval_speed.py [--n 1000] [--k 1000]

@@ -146,10 +146,45 @@ def test_the_choice_is_logged_and_recorded_and_inference_follows_it(cli, tmp_pat
     exact = vaekit.load(run, precision="fp32")
     assert exact.inference_precision == "fp32"
     assert torch.allclose(q.mean, exact.encode(x).mean, atol=0.05)  # bf16 rounding, not a different model
-    # the importance-weighted likelihood stays fp32 under auto (bf16 logits bias it); bf16 when asked for
+    # the importance-weighted likelihood of these Bernoulli logits follows auto too (a density that tolerates
+    # bf16 rounding, VAE.likelihood_precision); bf16 when asked for
+    assert model.config.likelihood == "bernoulli"
     auto, fp32, bf16 = (json.loads(cli("evaluate", run, "--iw", "4", "--json", *extra).out)
                         for extra in ((), ("--precision", "fp32"), ("--precision", "bf16")))
-    assert auto == fp32 and bf16["nll"] != fp32["nll"] and bf16["nll"] == pytest.approx(fp32["nll"], abs=0.5)
+    assert auto == (bf16 if amx else fp32)
+    assert bf16["nll"] != fp32["nll"] and bf16["nll"] == pytest.approx(fp32["nll"], abs=0.5)
+
+
+@pytest.mark.parametrize(("model_name", "likelihood", "expected"), [
+    ("mlp", "bernoulli", "bf16"), ("mlp", "logistic", "fp32"), ("mlp", "gaussian", "fp32"),
+    ("hvae", "bernoulli", "fp32"),
+])
+def test_auto_estimates_likelihoods_in_bf16_only_where_the_density_tolerates_its_rounding(amx, model_name, likelihood,
+                                                                                          expected):
+    from vaekit.models import MODELS
+
+    cls = MODELS.get(model_name)
+    model = cls(cls.config_class(data_shape=(1, 4, 4), likelihood=likelihood)).eval().set_precision("auto")
+    with model.likelihood_precision() as used:
+        assert used == (expected if amx else "fp32")
+    with model.likelihood_precision(exact=True) as used:  # anomaly scores: fp32 under auto on every machine
+        assert used == "fp32"
+    assert model.set_precision("bf16").inference_precision == "bf16"
+    with model.likelihood_precision() as used:  # an explicit bf16 is honoured
+        assert used == "bf16"
+
+
+def test_the_bernoulli_density_is_exact_under_bf16_autocast():
+    """The x * logit term is a product of K x B logits with the data: under autocast it would run in bf16
+    while the softplus term stays fp32, and the two would no longer cancel (0.25 nats at K = 1000)."""
+    from vaekit.distributions import Bernoulli
+
+    g = torch.Generator().manual_seed(0)
+    logits, x = torch.randn(8, 3, 1, 6, 6, generator=g) * 12, torch.rand(3, 1, 6, 6, generator=g)
+    exact = Bernoulli(logits, event_ndim=3).log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = Bernoulli(logits, event_ndim=3).log_prob(x)
+    assert under.dtype == torch.float32 and torch.equal(under, exact)
 
 
 def test_densities_are_float32_under_bf16_autocast():

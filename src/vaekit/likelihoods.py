@@ -71,6 +71,9 @@ class Likelihood(nn.Module):
     unit_interval: ClassVar[bool] = False  # whether the data must lie in [0, 1]
     params_per_element: ClassVar[int] = 1  # decoder outputs per data element
     levels: ClassVar[int] = 0  # > 0: a discrete likelihood for data with this many levels (256: 8-bit)
+    # whether log p(x|z) barely moves when the decoder's outputs carry bf16 rounding (about three digits), so
+    # that --precision auto may estimate likelihoods with a bf16 network (VAE.likelihood_precision)
+    rounding_tolerant: ClassVar[bool] = False
 
     def __init__(self, data_shape: tuple[int, ...], sigma_mode: str = "learned", sigma: float = 1.0) -> None:
         super().__init__()
@@ -89,6 +92,9 @@ class Likelihood(nn.Module):
 @LIKELIHOODS.register("bernoulli")
 class BernoulliLikelihood(Likelihood):
     unit_interval = True
+    # d log p / d logit = x - sigmoid(logit) is bounded by 1, and near 0 where |logit| is large, which is
+    # where bf16 rounds a logit most coarsely (a location-scale family's (x - loc) / scale^2 is unbounded)
+    rounding_tolerant = True
 
     def forward(self, out: torch.Tensor) -> Bernoulli:
         return Bernoulli(out, event_ndim=len(self.data_shape))

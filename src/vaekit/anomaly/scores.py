@@ -398,9 +398,11 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
 
 
 def density_precision(model):
-    """Scores are densities: under --precision auto they run in fp32, as the likelihood estimator does
-    (``VAE.likelihood_precision``); an explicit bf16 is honoured."""
-    return model.likelihood_precision() if hasattr(model, "likelihood_precision") else contextlib.nullcontext()
+    """Scores are densities compared with a saved threshold: under --precision auto they run in fp32 whatever
+    the machine (``VAE.likelihood_precision(exact=True)``), so a calibration holds on any CPU; an explicit
+    bf16 is honoured."""
+    return (model.likelihood_precision(exact=True) if hasattr(model, "likelihood_precision")
+            else contextlib.nullcontext())
 
 
 def _score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, y: Tensor | None,

@@ -77,7 +77,8 @@ def log_likelihood(
 
 
 def estimator_precision(model) -> contextlib.AbstractContextManager:
-    """What the likelihood estimator runs in: fp32 under ``auto`` (``VAE.likelihood_precision``)."""
+    """What the likelihood estimator runs in: under ``auto``, bf16 only where the density tolerates it, else
+    fp32 (``VAE.likelihood_precision``)."""
     method = getattr(model, "likelihood_precision", None)
     return method() if method is not None else contextlib.nullcontext("fp32")
 
