@@ -92,8 +92,9 @@ class Likelihood(nn.Module):
 @LIKELIHOODS.register("bernoulli")
 class BernoulliLikelihood(Likelihood):
     unit_interval = True
-    # d log p / d logit = x - sigmoid(logit) is bounded by 1, and near 0 where |logit| is large, which is
-    # where bf16 rounds a logit most coarsely (a location-scale family's (x - loc) / scale^2 is unbounded)
+    # d log p / d logit = x - sigmoid(logit) is bounded by 1, and near 0 where the model is confidently
+    # right: where |logit| is large and bf16 rounds it most coarsely (a location-scale family's slope,
+    # (x - loc) / scale^2, is unbounded)
     rounding_tolerant = True
 
     def forward(self, out: torch.Tensor) -> Bernoulli:
