@@ -28,7 +28,8 @@ vaekit VAE is, one-class: a conv VAE (channels 32,64, 16 latents, Gaussian likel
 its latent score beat the MLP's by 0.014 mean AUROC in a 10-epoch comparison, 0.9276 against 0.9135);
 OOD: a conv VAE (channels 32,64, 32 latents) with the discretised logistic (its latent score on
 Fashion-MNIST upside down, by hand at 30 epochs: 0.946, against the MLP 784-512-256's 0.81 at 10; at 100
-epochs 0.954, and 0.956 over the posterior's mean and log-variance; a blind repeat with seed 1: 0.946 and 0.9497); the OOD table reports the latent
+epochs 0.954, and 0.956 over the posterior's mean and log-variance; a blind repeat with seed 1: 0.946 and 0.9497);
+the OOD table reports the latent
 score over the means and, as "latent m+lv", over mean and log-variance (``--latent-codes mean+logvar``);
 tabular: 30-64-32, 4 latents, Laplace likelihood with a scale per column (best held-out ELBO of ten
 settings), batch 32. Batch 128 and Adam 1e-3 unless stated.
