@@ -28,9 +28,9 @@ vaekit VAE is, one-class: a conv VAE (channels 32,64, 16 latents, Gaussian likel
 its latent score beat the MLP's by 0.014 mean AUROC in a 10-epoch comparison, 0.9276 against 0.9135);
 OOD: a conv VAE (channels 32,64, 32 latents) with the discretised logistic (its latent score on
 Fashion-MNIST upside down, by hand at 30 epochs: 0.946, against the MLP 784-512-256's 0.81 at 10; at 100
-epochs 0.954, and 0.956 over the posterior's mean and log-variance; a blind repeat with seed 1: 0.946 and 0.9497);
-the OOD table reports the latent
-score over the means and, as "latent m+lv", over mean and log-variance (``--latent-codes mean+logvar``);
+epochs 0.954, and 0.956 over the posterior's mean and log-variance; a blind repeat with seed 1: 0.946 and
+0.9497); the OOD table reports the latent score over the means and, as "latent m+lv", over mean and
+log-variance (``--latent-codes mean+logvar``);
 tabular: 30-64-32, 4 latents, Laplace likelihood with a scale per column (best held-out ELBO of ten
 settings), batch 32. Batch 128 and Adam 1e-3 unless stated.
 scikit-learn's baselines train to convergence: IsolationForest (200 trees), OneClassSVM (RBF, gamma
@@ -65,6 +65,7 @@ import numpy as np
 from common import RESULTS, VAEKIT, machine, markdown_table, require_fashion_mnist, run, save, side_venv
 from vaekit.anomaly.scores import SCORES, parse_scores
 from vaekit.errors import VaekitError
+from vaekit.run import CHECKPOINT
 
 TABLE_SCORES = ["nll", "elbo", "recon", "latent", "regret", "ratio"]  # complexity compresses images
 PERTURB = "0.2"  # ratio: the background model's noise rate, the middle of Ren et al.'s range [0.1, 0.3], not tuned
@@ -117,23 +118,24 @@ def baselines(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, work:
     return out
 
 
-def train(out: Path, args: list, resume: bool) -> None:
-    """`vaekit train ... --out OUT`; with RESUME and a checkpoint in OUT, continue it (exact resumption, so
-    the result equals an uninterrupted run) instead of starting over."""
-    if resume and (out / "checkpoint.safetensors").exists():
-        run([*VAEKIT, "train", *args, "--quiet", "--out", out, "--resume"])
+def train(out: Path, data: Path, model_args: list, epochs: int, resume: bool) -> None:
+    """`vaekit train --data DATA MODEL_ARGS --epochs EPOCHS --seed 0 --out OUT`; with RESUME and a checkpoint
+    in OUT, continue it (exact resumption, so the result equals an uninterrupted run) instead of starting over."""
+    cmd = [*VAEKIT, "train", "--data", data, *model_args, "--epochs", epochs, "--seed", "0", "--quiet", "--out", out]
+    if resume and (out / CHECKPOINT).exists():
+        run([*cmd, "--resume"])
         return
     shutil.rmtree(out, ignore_errors=True)
-    run([*VAEKIT, "train", *args, "--quiet", "--out", out])
+    run(cmd)
 
 
 def vaekit_scores(train_npz: Path, work: Path, model_args: list[str], epochs: int, score_args: list[str],
-                  scores: list[str], resume: bool = False) -> tuple[dict[str, float], float]:
+                  scores: list[str], resume: bool) -> tuple[dict[str, float], float]:
     """Train a vaekit run on TRAIN_NPZ (and, for the ratio score, a background run with --perturb), score with
     `vaekit anomaly SCORE_ARGS`; (AUROC per score, seconds of training the main run)."""
     out = work / "run"
     started = time.perf_counter()
-    train(out, ["--data", train_npz, *model_args, "--epochs", epochs, "--seed", "0"], resume)
+    train(out, train_npz, model_args, epochs, resume)
     seconds = time.perf_counter() - started
     if "ratio" in scores:
         score_args = [*score_args, "--background", train_background(train_npz, work, model_args, epochs, resume)]
@@ -142,10 +144,10 @@ def vaekit_scores(train_npz: Path, work: Path, model_args: list[str], epochs: in
     return {s: m["roc_auc"] for s, m in summary["per_score"].items()}, seconds
 
 
-def train_background(train_npz: Path, work: Path, model_args: list, epochs, resume: bool = False) -> Path:
+def train_background(train_npz: Path, work: Path, model_args: list, epochs: int, resume: bool) -> Path:
     """The ratio score's background model: the same network on the same data, with --perturb PERTURB."""
     out = work / "background"
-    train(out, ["--data", train_npz, *model_args, "--perturb", PERTURB, "--epochs", epochs, "--seed", "0"], resume)
+    train(out, train_npz, [*model_args, "--perturb", PERTURB], epochs, resume)
     return out
 
 
@@ -220,7 +222,7 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
     np.savez(folder / "fashion.npz", x=x, y=y, x_test=x_test, y_test=y_test)
     out = folder / "run"
     print(f"anomaly: OOD, training on {len(x)} Fashion-MNIST images", file=sys.stderr, flush=True)
-    train(out, ["--data", folder / "fashion.npz", *OOD_CONV, "--epochs", args.ood_epochs, "--seed", "0"], args.resume)
+    train(out, folder / "fashion.npz", OOD_CONV, args.ood_epochs, args.resume)
     background = train_background(folder / "fashion.npz", folder, OOD_CONV, args.ood_epochs, args.resume)
     # every set in one file, scored in one call (one calibration); AUROC per set from the CSV's rows
     sets = ood_sets(100 if args.quick else 2000, x_test)
