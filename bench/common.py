@@ -48,10 +48,10 @@ def side_venv(name: str, packages: list[str]) -> Path:
     return python
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: list[str], digits: int = 2) -> str:
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+            return f"{v:,.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
         return str(v)
 
     head = "| " + " | ".join(columns) + " |"

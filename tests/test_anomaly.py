@@ -22,9 +22,10 @@ from vaekit.anomaly import (
     score_all,
     threshold_at,
 )
-from vaekit.anomaly.scores import DRAWS, _generators, latent_prior
+from vaekit.anomaly.scores import DRAWS, _generators, held_out_normal, latent_prior, parse_scores, standardisation
 from vaekit.errors import VaekitError
 from vaekit.evaluation.aggregate import COMPONENT_CHOICES, choose_components
+from vaekit.run import load
 
 FEW = ScoreSettings(k=64)  # regret compares two ELBOs: 64 shared draws keep their difference steady
 QUICK = ScoreSettings(k=8, steps=20)  # enough to see determinism
@@ -237,6 +238,66 @@ def test_latent_score_over_posterior_means_and_log_variances(cli, blob_run, plan
     torch.testing.assert_close(again, score(copy, x, "latent", settings=calibration.settings))
 
 
+def test_a_combined_score_is_the_sum_of_its_parts_standardised_on_held_out_normal_data(cli, blob_run, planted,
+                                                                                      tmp_path):
+    run, model, train_x = blob_run
+    x, label = planted
+    copy = tmp_path / "run"  # the calibration is saved in the run: a copy keeps the shared run's
+    shutil.copytree(run, copy)
+    data = tmp_path / "mixed.npz"
+    np.savez(data, x=x.numpy(), y=np.where(label == 1, 9, 0))
+    r = cli("anomaly", copy, "--data", data, "--anomaly-classes", "9", "--score", "latent+complexity,latent,complexity",
+            "--fpr", "0.1", "-k", "8", "--out", tmp_path / "s.csv", "--json", "--no-figures")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["score"] == "latent+complexity" and summary["roc_auc"] == 1.0
+    cal = load_calibration(copy)
+    # each part's mean and std are those of its scores on the run's validation split
+    split, normal = held_out_normal(copy)
+    assert split == "val" and cal.n == len(normal) == 36
+    plain = ScoreSettings(k=8, components=cal.settings.components)
+    saved = load(copy)  # the run's saved weights, as the command scores with
+    parts = score_all(saved, normal.x, ("latent", "complexity"), plain, prior=latent_prior(
+        saved, run=copy, components=plain.components))
+    for name in ("latent", "complexity"):
+        mean, std = cal.settings.standardise[name]
+        assert mean == pytest.approx(float(parts[name].mean())) and std == pytest.approx(float(parts[name].std()))
+    combined = sum((parts[n] - cal.settings.standardise[n][0]) / cal.settings.standardise[n][1] for n in parts)
+    assert float(combined.mean()) == pytest.approx(0.0, abs=1e-9) and float(combined.max()) <= 2 * 6
+    assert 0.1 - 1 / cal.n < cal.flagged / cal.n <= 0.1
+    with open(tmp_path / "s.csv") as f:
+        rows = list(csv.DictReader(f))
+    column = lambda name: np.array([float(r[name]) for r in rows])  # noqa: E731
+    expected = sum((column(n) - cal.settings.standardise[n][0]) / cal.settings.standardise[n][1]
+                   for n in ("latent", "complexity"))
+    np.testing.assert_allclose(column("latent+complexity"), expected, atol=1e-4)
+    assert column("latent+complexity")[60:].min() > column("latent+complexity")[:60].max()
+    # later scores reuse the saved standardisation; score() on a run standardises on the same split
+    s, threshold, flags = score_against_threshold(copy, x)
+    np.testing.assert_allclose(s.numpy(), column("latent+complexity"), atol=2e-6)
+    assert threshold == cal.threshold and flags.tolist() == [r["flagged"] == "1" for r in rows]
+    torch.testing.assert_close(score(copy, x, "latent+complexity", k=8), s)
+    # without a standardisation: from normal= examples, or a one-line error
+    settings = ScoreSettings(k=8)
+    mixture = latent_prior(model, reference=train_x)
+    with pytest.raises(VaekitError, match="latent, complexity has no mean and std yet"):
+        score_all(model, x, ("latent+complexity",), settings, prior=mixture)
+    with pytest.raises(VaekitError, match="has no mean and std yet"):
+        score(model, x, "latent+complexity", prior=mixture, settings=settings)
+    mine = score(model, x, "latent+complexity", prior=mixture, settings=settings, normal=x[:60])
+    assert float(mine[:60].mean()) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(VaekitError, match="names a score twice"):
+        parse_scores("latent+latent")
+    with pytest.raises(VaekitError, match="unknown score 'nope' in 'latent\\+nope'"):
+        parse_scores("latent+nope")
+    with pytest.raises(VaekitError, match="the same on every normal example"):
+        standardisation({"nll": torch.ones(5), "elbo": torch.arange(5.0)}, ("nll+elbo",))
+    with pytest.raises(VaekitError, match="standard deviation of nll must be positive"):
+        ScoreSettings(standardise={"nll": (0.0, 0.0)})
+    assert_user_error(cli("anomaly", copy, "--score", "nll+bogus", "--out", tmp_path / "t.csv"),
+                      "unknown score 'bogus' in 'nll+bogus'")
+
+
 def test_detector_scores_latent_over_mean_and_logvar(tmp_path):
     x = blobs(200, 3)[0].reshape(200, -1)
     with pytest.raises(ValueError, match="latent_codes"):  # before any training
@@ -245,6 +306,11 @@ def test_detector_scores_latent_over_mean_and_logvar(tmp_path):
                       run_dir=str(tmp_path / "run")).fit(x)
     assert tuple(det.prior_.event_shape) == (4,) and load_calibration(tmp_path / "run").settings.codes == "mean+logvar"
     assert det.decision_function(x[:5]).shape == (5,)
+    # a sum: its parts standardised on X, where the threshold is set too
+    det = VAEDetector(anomaly_score="latent+elbo", hidden=(16,), latent_dim=2, epochs=3, k=4).fit(x)
+    assert set(det.settings_.standardise) == {"latent", "elbo"}
+    assert float(det.decision_scores_.mean()) == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(det.decision_function(x), det.decision_scores_)
 
 
 def test_ood_data_and_tables(cli, blob_run, tmp_path, table_csv):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.anomaly.scores import ScoreSettings, latent_prior, score_all
+from vaekit.anomaly.scores import ScoreSettings, latent_prior, parts_of, score_all
 from vaekit.config import check, from_dict, to_dict
 from vaekit.errors import VaekitError
 from vaekit.io import read_json, write_json
@@ -95,7 +95,7 @@ def score_against_threshold(run_or_model, x: Tensor, *, calibration: Calibration
         raise VaekitError("score_against_threshold needs a calibration for a model: pass calibration= "
                           "(vaekit.anomaly.load_calibration(run)) or a run directory")
     name = calibration.score
-    if (name == "latent" and prior is None) or (name == "ratio" and background is None):
+    if ("latent" in parts_of(name) and prior is None) or ("ratio" in parts_of(name) and background is None):
         needs = calibrated_inputs(model, run, calibration)
         prior = needs["prior"] if prior is None else prior
         background = needs["background"] if background is None else background
@@ -108,12 +108,12 @@ def calibrated_inputs(model, run: str | Path | None, calibration: Calibration) -
     ``prior`` (latent: the aggregate posterior's mixture of ``run``) and ``background`` (ratio: the
     background run the calibration names, on the model's device)."""
     out = {"prior": None, "background": None}
-    if calibration.score == "latent":
+    if "latent" in parts_of(calibration.score):
         if run is None:
             raise VaekitError("the latent score of a model needs prior= (the aggregate posterior's mixture)")
         out["prior"] = latent_prior(model, run=run, components=calibration.settings.components,
                                     seed=calibration.settings.seed, codes=calibration.settings.codes)
-    if calibration.score == "ratio":
+    if "ratio" in parts_of(calibration.score):
         if not calibration.background:
             raise VaekitError("this ratio calibration names no background run: pass background=")
         from vaekit.run import load

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from vaekit.anomaly.calibration import Calibration, save_calibration, threshold_at
-from vaekit.anomaly.scores import ScoreSettings, parse_scores, score_all
+from vaekit.anomaly.scores import JOIN, ScoreSettings, combine, components, parse_scores, score_all, standardisation
 
 
 class VAEDetector(BaseEstimator):
@@ -36,6 +36,7 @@ class VAEDetector(BaseEstimator):
     trains a second, background VAE on X with a share ``perturb`` of its values replaced by noise (Ren
     et al. 2019), kept beside ``run_dir`` as ``<run_dir>-background``. ``latent_codes`` is what the
     latent score's mixture is fitted to: ``"mean"`` or ``"mean+logvar"`` (``vaekit anomaly --latent-codes``).
+    ``anomaly_score`` may be a sum such as ``"latent+complexity"``: its parts are standardised on X.
     """
 
     def __init__(self, anomaly_score: str = "nll", contamination: float = 0.1, model: str = "mlp",
@@ -95,7 +96,7 @@ class VAEDetector(BaseEstimator):
             model, _ = train(run, model=self.model, model_overrides=overrides, data=data, training=training,
                              overwrite=self.run_dir is not None, progress=False, log=lambda _msg: None)
             self.background_, background_run = None, ""
-            if name[0] == "ratio":
+            if "ratio" in components(name):
                 if not 0 < self.perturb < 1:
                     raise ValueError(f"perturb must be in (0, 1), got {self.perturb}")
                 bg = run.with_name(f"{run.name}-background")
@@ -112,12 +113,16 @@ class VAEDetector(BaseEstimator):
                                            codes=str(self.latent_codes))
             self.prior_ = None
             x = self._prepare(X)
-            if name[0] == "latent":
+            if "latent" in components(name):
                 from vaekit.anomaly.scores import latent_prior
 
                 self.prior_ = latent_prior(self.model_, reference=x, seed=int(self.random_state),
                                            codes=self.settings_.codes)
-            self.decision_scores_ = self._scores(x)
+            parts = score_all(self.model_, x, components(name), self.settings_, prior=self.prior_,
+                              background=self.background_)
+            if JOIN in name[0]:  # a sum: its parts standardised on X, where the threshold is set too (PyOD's way)
+                self.settings_ = replace(self.settings_, standardise=standardisation(parts, name))
+            self.decision_scores_ = combine(parts, name, self.settings_)[name[0]].numpy().astype(np.float64)
             self.threshold_ = threshold_at(self.decision_scores_, self.contamination)
             self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
             if self.run_dir is not None:

@@ -15,17 +15,20 @@ from torch import Tensor
 
 from vaekit.anomaly.calibration import Calibration, calibrate, save_calibration
 from vaekit.anomaly.scores import (
+    JOIN,
     ScoreSettings,
     applicable_scores,
     check_scores,
+    combine,
+    components,
+    held_out_split,
     latent_prior,
     parse_scores,
-    score_all,
+    score_data,
+    standardisation,
 )
 from vaekit.config import check, replace
 from vaekit.errors import VaekitError
-
-CHUNK = 2048  # examples read and scored at a time
 
 
 @dataclass
@@ -75,7 +78,7 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     every = list(req.scores) == ["all"] or req.scores == "all"
     check(0 < req.fpr < 1, f"--fpr must be in (0, 1), got {req.fpr}")
     background = open_background(req.background, run, req.device)
-    if background is not None and not every and "ratio" not in names:
+    if background is not None and not every and "ratio" not in components(names):
         raise VaekitError("--background is the ratio score's background model; add ratio to --score")
     if not every:
         check_scores(model, names, background)
@@ -111,17 +114,20 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
     # calibration on the run's own held-out normal data
     if splits is None:
         raise VaekitError("this run records no data to calibrate on (its weights were imported)")
-    cal_split = "val" if splits.val is not None and len(splits.val) else "test"
-    cal_data = splits.split(cal_split)
+    cal_split, cal_data = held_out_split(splits)
     if every:  # --score all: those this model gives for this data
         names = applicable_scores(model, cal_data.batch(torch.arange(min(256, len(cal_data))))[0], background)
     prior, settings = None, req.settings
-    if "latent" in names:
+    if "latent" in components(names):
         prior = latent_prior(model, run=run, components=req.settings.components, seed=req.settings.seed,
                              codes=req.settings.codes)
         # the calibration records the number chosen, so that a later score refits the same mixture
         settings = dataclasses.replace(settings, components=prior.components)
-    cal_scores = score_data(model, cal_data, names, settings, prior, req.progress, "calibrate", background)
+    cal_parts = score_data(model, cal_data, components(names), settings, prior, req.progress, "calibrate",
+                           background)
+    if any(JOIN in n for n in names):  # combined scores: their parts standardised on the same held-out data
+        settings = dataclasses.replace(settings, standardise=standardisation(cal_parts, names))
+    cal_scores = combine(cal_parts, names, settings)
     calibration = calibrate(cal_scores, names[0], req.fpr, settings, cfg.data.spec, cal_split,
                             "" if background is None else str(Path(req.background).resolve()))
 
@@ -154,26 +160,6 @@ def open_background(path: str | Path | None, run: Path, device: str):
     if path.resolve() == Path(run).resolve():
         raise VaekitError(f"--background {path} is the run being scored: the ratio would be 0 for every example")
     return load(path, device=device, precision="fp32")  # checked against the run by check_scores
-
-
-def score_data(model, data, names, settings: ScoreSettings, prior=None, progress: bool = False,
-               desc: str = "score", background=None) -> dict[str, Tensor]:
-    """Scores of every example of ``data`` (``len`` and ``batch(index)``), read in chunks."""
-    import sys
-
-    from tqdm import tqdm
-
-    out = {n: [] for n in names}
-    device = next(model.parameters()).device
-    with tqdm(total=len(data), desc=desc, unit="ex", leave=False, file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, len(data), CHUNK):
-            x, y = data.batch(torch.arange(start, min(start + CHUNK, len(data))))
-            y = y if model.config.conditional else None
-            for n, s in score_all(model, x.to(device), names, settings, y=y, prior=prior,
-                                  background=background).items():
-                out[n].append(s)
-            bar.update(len(x))
-    return {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for n, v in out.items()}
 
 
 def _labels(parts, req: AnomalyRequest) -> np.ndarray | None:

@@ -24,6 +24,13 @@
   data with ``--perturb`` (its inputs partly replaced by noise, so that it learns the low-level
   statistics that dominate the likelihood and less of the semantics), both with the same K and seed,
   nats. Ren et al. tune the perturbation rate on held-out data; vaekit leaves it to the training run.
+- combined, ``A+B`` (e.g. ``latent+complexity``): the sum of the named scores, each standardised to zero
+  mean and unit variance on held-out normal data (the run's validation split for `vaekit anomaly`), in
+  units of that data's standard deviation. Equal weights, none tuned: each part counts as much as the others
+  on normal data, so an input that is unusual on any of them stands out (in the spirit of DoSE, Morningstar
+  et al. 2021, "Density of States Estimation for Out-of-Distribution Detection", with a sum instead of a
+  fitted density). The means and standard deviations are saved with the calibration
+  (``ScoreSettings.standardise``), so later scores use the same ones.
 
 Determinism: every example's noise comes from its own generator, seeded by (seed, a stream name, a
 hash of the example's values; nll, elbo, recon and complexity share one stream, regret has its own),
@@ -39,7 +46,7 @@ import hashlib
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -51,7 +58,9 @@ from vaekit.errors import VaekitError
 SCORES = ("nll", "elbo", "recon", "latent", "complexity", "regret", "ratio")
 CODECS = ("png", "best")
 ROWS = 4096  # (example, draw) pairs decoded at once: bounds memory whatever K is
+CHUNK = 2048  # examples read from a dataset and scored at a time
 DRAWS = "draws"  # nll, elbo, recon and complexity share one stream of draws: -ELBO = recon + KL exactly
+JOIN = "+"  # "latent+complexity": a combined score, the sum of its standardised parts
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class ScoreSettings:
     components: int | None = None  # latent: mixture components fitted to the training codes (None: chosen
     # by held-out likelihood, vaekit.evaluation.aggregate.choose_components)
     codes: str = "mean"  # latent: what the mixture scores, the posterior "mean" or its "mean+logvar"
+    # combined scores: each part's (mean, std) on held-out normal data, set by calibration (fit_standardisation)
+    standardise: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.k >= 1, f"the number of draws (--k) must be >= 1, got {self.k}")
@@ -76,20 +87,87 @@ class ScoreSettings:
         from vaekit.evaluation.likelihood import FEATURES
 
         check(self.codes in FEATURES, f"unknown latent codes '{self.codes}' (choose from: {', '.join(FEATURES)})")
+        for name, (_, std) in self.standardise.items():
+            check(name in SCORES, f"standardise: unknown score '{name}'")
+            check(std > 0, f"standardise: the standard deviation of {name} must be positive, got {std}")
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """'nll,regret' or ['nll', 'regret'] or 'all' -> the names, checked (the first is the primary)."""
+    """'nll,regret' or ['nll', 'latent+complexity'] or 'all' -> the names, checked (the first is the primary)."""
     names = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
     names = [n for n in names if n]
     if names == ["all"]:
         return SCORES
     if not names:
-        raise VaekitError(f"no score given (choose from: {', '.join(SCORES)}, or all)")
+        raise VaekitError(f"no score given (choose from: {', '.join(SCORES)}, a sum such as latent+complexity, or all)")
+    out = []
     for n in names:
-        if n not in SCORES:
-            raise VaekitError(f"unknown score '{n}' (choose from: {', '.join(SCORES)}, or all)")
-    return tuple(dict.fromkeys(names))
+        parts = [p.strip() for p in n.split(JOIN)]
+        for p in parts:
+            if p not in SCORES:
+                inside = f" in '{n}'" if len(parts) > 1 else ""
+                raise VaekitError(f"unknown score '{p}'{inside} (choose from: {', '.join(SCORES)}, a sum such as "
+                                  f"latent+complexity, or all)")
+        if len(set(parts)) != len(parts):
+            raise VaekitError(f"the combined score '{n}' names a score twice")
+        out.append(JOIN.join(parts))
+    return tuple(dict.fromkeys(out))
+
+
+def parts_of(name: str) -> tuple[str, ...]:
+    """The scores a (combined) score sums: 'latent+complexity' -> ('latent', 'complexity'); 'nll' -> ('nll',)."""
+    return tuple(name.split(JOIN))
+
+
+def components(names) -> tuple[str, ...]:
+    """Every single score that ``names`` need, once each, in order."""
+    return tuple(dict.fromkeys(p for n in names for p in parts_of(n)))
+
+
+def standardisation(scores: dict[str, Tensor], names) -> dict[str, tuple[float, float]]:
+    """(mean, std) on these normal examples of each part of the combined scores among ``names``."""
+    out = {}
+    for part in components(n for n in names if JOIN in n):
+        s = scores[part].double()
+        if len(s) < 2:
+            raise VaekitError("a combined score standardises its parts on held-out normal data: it needs at least 2 "
+                              "normal examples")
+        if not torch.isfinite(s).all():
+            raise VaekitError(f"{int((~torch.isfinite(s)).sum())} normal example(s) have a {part} score that is not "
+                              f"finite; it cannot be standardised")
+        mean, std = float(s.mean()), float(s.std())
+        if not std > 0:
+            raise VaekitError(f"the {part} score is the same on every normal example: it cannot be standardised for "
+                              f"a combined score")
+        out[part] = (mean, std)
+    return out
+
+
+def check_standardised(names, settings: ScoreSettings) -> None:
+    """A one-line error when a combined score among ``names`` lacks its parts' standardisation."""
+    for n in names:
+        missing = [p for p in parts_of(n) if JOIN in n and p not in settings.standardise]
+        if missing:
+            raise VaekitError(f"the combined score {n} standardises its parts on held-out normal data, and "
+                              f"{', '.join(missing)} has no mean and std yet: calibrate with `vaekit anomaly`, pass "
+                              f"normal= examples, or settings from vaekit.anomaly.fit_standardisation")
+
+
+def combine(scores: dict[str, Tensor], names, settings: ScoreSettings) -> dict[str, Tensor]:
+    """{name: score} for ``names`` from the single scores in ``scores``: a combined one is the sum of its
+    parts, each minus its normal-data mean, over its normal-data standard deviation."""
+    check_standardised(names, settings)
+    out = {}
+    for n in names:
+        if JOIN not in n:
+            out[n] = scores[n]
+            continue
+        total = torch.zeros_like(scores[parts_of(n)[0]], dtype=torch.float64)
+        for p in parts_of(n):
+            mean, std = settings.standardise[p]
+            total = total + (scores[p].double() - mean) / std
+        out[n] = total
+    return out
 
 
 def applicable_scores(model, x: Tensor | None = None, background=None) -> tuple[str, ...]:
@@ -106,7 +184,8 @@ def applicable_scores(model, x: Tensor | None = None, background=None) -> tuple[
 
 
 def check_scores(model, names: tuple[str, ...], background=None) -> None:
-    """One-line errors for scores this model cannot give."""
+    """One-line errors for scores this model cannot give (the parts of a combined score included)."""
+    names = components(names)
     if "ratio" in names:
         check_background(model, background)
     if "regret" in names and getattr(model, "hierarchical", False):
@@ -351,7 +430,7 @@ def _as_model(model_or_run):
 
 def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: int = 100, seed: int = 0,
           steps: int = 100, lr: float = 0.05, codec: str = "png", prior=None, reference=None, background=None,
-          settings: ScoreSettings | None = None) -> Tensor:
+          normal=None, settings: ScoreSettings | None = None) -> Tensor:
     """Anomaly score of each row of ``x`` (as the model takes it: images in its input range, table rows
     standardised), higher = more anomalous: a float64 tensor [N] on the CPU.
 
@@ -359,6 +438,9 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
     (a fitted mixture) or ``reference`` (training examples, [M, ...], to fit one on; deterministic); from
     a run directory it uses RUN/prior_gmm.safetensors when present, else fits one on the run's training
     split. ``ratio`` needs ``background``: a model (or run directory) trained with ``--perturb``.
+    A combined score (``"latent+complexity"``) standardises its parts on held-out normal examples:
+    ``normal`` (a tensor or an ArrayData), else a run directory's validation split, unless ``settings``
+    already holds the standardisation (a calibration's settings do).
     ``settings`` (a ScoreSettings) replaces ``k``, ``seed``, ``steps``, ``lr`` and ``codec``.
     """
     run = model if not isinstance(model, torch.nn.Module) else None
@@ -367,17 +449,81 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
     if len(names) != 1:
         raise VaekitError(f"score() gives one score; got {', '.join(names)} (use score_all for several)")
     settings = settings or ScoreSettings(k=k, seed=seed, steps=steps, lr=lr, codec=codec)
-    if names[0] == "latent" and prior is None:
+    if "latent" in parts_of(names[0]) and prior is None:
         prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed,
                              codes=settings.codes)
     background = None if background is None else _as_model(background)
+    if JOIN in names[0] and not all(p in settings.standardise for p in parts_of(names[0])):
+        if normal is None and run is None:
+            check_standardised(names, settings)
+        normal = held_out_normal(run)[1] if normal is None else normal
+        settings = fit_standardisation(model, normal, names, settings, prior=prior, background=background)
     return score_all(model, x, names, settings, y=y, prior=prior, background=background)[names[0]]
+
+
+def fit_standardisation(model, normal, names, settings: ScoreSettings, *, prior=None, background=None,
+                        progress: bool = False) -> ScoreSettings:
+    """``settings`` with the standardisation of the combined scores among ``names``: each part's mean and
+    standard deviation on ``normal`` (held-out normal examples: a tensor, or data with ``len`` and
+    ``batch``). Use examples the model (and the latent score's mixture) did not train on: in-sample scores
+    are lower and tighter than those of new normal data."""
+    parts = score_data(model, _as_data(normal), components(n for n in names if JOIN in n), settings, prior,
+                       progress, "standardise", background)
+    return replace(settings, standardise={**settings.standardise, **standardisation(parts, names)})
+
+
+def held_out_normal(run) -> tuple[str, object]:
+    """(split, data) of a run on which thresholds and standardisations are fitted: its validation split, or
+    its test split when it has none."""
+    from vaekit.data import load_data
+    from vaekit.run import read_run_config
+
+    cfg = read_run_config(run)
+    if not cfg.data.spec:
+        raise VaekitError(f"{run}: this run records no data to calibrate on (its weights were imported)")
+    return held_out_split(load_data(cfg.data, saved=cfg.data_info))
+
+
+def held_out_split(splits) -> tuple[str, object]:
+    """(split, data): the validation split of these splits, or the test split when it is empty."""
+    name = "val" if splits.val is not None and len(splits.val) else "test"
+    return name, splits.split(name)
+
+
+def _as_data(data):
+    if isinstance(data, Tensor):
+        from vaekit.data import ArrayData
+
+        return ArrayData(data.float())
+    return data
+
+
+def score_data(model, data, names, settings: ScoreSettings, prior=None, progress: bool = False,
+               desc: str = "score", background=None) -> dict[str, Tensor]:
+    """Scores of every example of ``data`` (``len`` and ``batch(index)``), read in chunks of CHUNK."""
+    import sys
+
+    from tqdm import tqdm
+
+    out = {n: [] for n in names}
+    device = next(model.parameters()).device
+    with tqdm(total=len(data), desc=desc, unit="ex", leave=False, file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(data), CHUNK):
+            x, y = data.batch(torch.arange(start, min(start + CHUNK, len(data))))
+            y = y if model.config.conditional else None
+            for n, s in score_all(model, x.to(device), names, settings, y=y, prior=prior,
+                                  background=background).items():
+                out[n].append(s)
+            bar.update(len(x))
+    return {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for n, v in out.items()}
 
 
 def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings, *, y: Tensor | None = None,
               prior=None, background=None) -> dict[str, Tensor]:
-    """Several scores of the rows of ``x`` at once: {name: float64 tensor [N]}."""
+    """Several scores of the rows of ``x`` at once: {name: float64 tensor [N]}; combined ones from
+    ``settings.standardise``."""
     check_scores(model, names, background)
+    check_standardised(names, settings)
     if not isinstance(x, Tensor):
         raise VaekitError(f"x must be a tensor, got {type(x).__name__}")
     data_shape = tuple(model.config.data_shape)
@@ -394,7 +540,7 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
         background.eval()
     with density_precision(model), (density_precision(background) if background is not None
                                     else contextlib.nullcontext()):
-        return _score_all(model, x, names, settings, y, prior, background)
+        return combine(_score_all(model, x, components(names), settings, y, prior, background), names, settings)
 
 
 def density_precision(model):

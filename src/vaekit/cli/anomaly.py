@@ -25,6 +25,7 @@ class AnomalyCommand(Command):
         p.add_argument("--data", default=None, metavar="SPEC", help="data to score, any --data form, prepared as the "
                        "run prepares its data (default: the run's test split)")
         p.add_argument("--score", default="nll", metavar="S[,S...]", help=f"one or more of {', '.join(SCORE_NAMES)}, "
+                       "or a sum of them such as latent+complexity (each part standardised on the calibration data), "
                        "or all (those the run can give); the first sets the threshold and the flags (default: nll)")
         p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is calibrated at, "
                        "on the run's validation split (its test split if it has none) (default 0.05)")
