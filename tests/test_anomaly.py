@@ -16,6 +16,7 @@ from vaekit.anomaly import (
     SCORES,
     ScoreSettings,
     VAEDetector,
+    fit_standardisation,
     load_calibration,
     score,
     score_against_threshold,
@@ -292,10 +293,18 @@ def test_a_combined_score_is_the_sum_of_its_parts_standardised_on_held_out_norma
         parse_scores("latent+nope")
     with pytest.raises(VaekitError, match="the same on every normal example"):
         standardisation({"nll": torch.ones(5), "elbo": torch.arange(5.0)}, ("nll+elbo",))
-    with pytest.raises(VaekitError, match="standard deviation of nll must be positive"):
+    with pytest.raises(VaekitError, match="nll needs a finite mean and a positive std"):
         ScoreSettings(standardise={"nll": (0.0, 0.0)})
     assert_user_error(cli("anomaly", copy, "--score", "nll+bogus", "--out", tmp_path / "t.csv"),
                       "unknown score 'bogus' in 'nll+bogus'")
+    fitted = fit_standardisation(model, x[:60], "latent+complexity", settings, prior=mixture)
+    assert set(fitted.standardise) == {"latent", "complexity"}
+    with pytest.raises(VaekitError, match="bernoulli likelihood of grey levels"):  # a part's checks still apply
+        score_all(model, torch.full((2, 1, 8, 8), 0.5), ("latent+complexity",), fitted, prior=mixture)
+    # a later calibration of plain scores carries no standardisation over from this one
+    r = cli("anomaly", copy, "--score", "nll", "-k", "8", "--out", tmp_path / "t.csv", "--no-figures")
+    assert r.code == 0, r.err
+    assert load_calibration(copy).settings.standardise == {}
 
 
 def test_detector_scores_latent_over_mean_and_logvar(tmp_path):

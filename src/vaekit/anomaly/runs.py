@@ -15,7 +15,6 @@ from torch import Tensor
 
 from vaekit.anomaly.calibration import Calibration, calibrate, save_calibration
 from vaekit.anomaly.scores import (
-    JOIN,
     ScoreSettings,
     applicable_scores,
     check_scores,
@@ -125,8 +124,9 @@ def anomaly_run(run: str | Path, cfg, model, req: AnomalyRequest) -> AnomalyRepo
         settings = dataclasses.replace(settings, components=prior.components)
     cal_parts = score_data(model, cal_data, components(names), settings, prior, req.progress, "calibrate",
                            background)
-    if any(JOIN in n for n in names):  # combined scores: their parts standardised on the same held-out data
-        settings = dataclasses.replace(settings, standardise=standardisation(cal_parts, names))
+    # combined scores: their parts standardised on the same held-out data ({} when none is asked for, so that
+    # settings passed in from an older calibration never carry a stale standardisation into this one)
+    settings = dataclasses.replace(settings, standardise=standardisation(cal_parts, names))
     cal_scores = combine(cal_parts, names, settings)
     calibration = calibrate(cal_scores, names[0], req.fpr, settings, cfg.data.spec, cal_split,
                             "" if background is None else str(Path(req.background).resolve()))

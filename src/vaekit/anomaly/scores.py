@@ -87,9 +87,11 @@ class ScoreSettings:
         from vaekit.evaluation.likelihood import FEATURES
 
         check(self.codes in FEATURES, f"unknown latent codes '{self.codes}' (choose from: {', '.join(FEATURES)})")
-        for name, (_, std) in self.standardise.items():
+        for name, pair in self.standardise.items():
             check(name in SCORES, f"standardise: unknown score '{name}'")
-            check(std > 0, f"standardise: the standard deviation of {name} must be positive, got {std}")
+            check(len(pair) == 2, f"standardise: {name} needs [mean, std], got {list(pair)}")
+            check(math.isfinite(pair[0]) and math.isfinite(pair[1]) and pair[1] > 0,
+                  f"standardise: {name} needs a finite mean and a positive std, got {list(pair)}")
 
 
 def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -108,8 +110,9 @@ def parse_scores(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
                 inside = f" in '{n}'" if len(parts) > 1 else ""
                 raise VaekitError(f"unknown score '{p}'{inside} (choose from: {', '.join(SCORES)}, a sum such as "
                                   f"latent+complexity, or all)")
-        if len(set(parts)) != len(parts):
-            raise VaekitError(f"the combined score '{n}' names a score twice")
+        twice = sorted({p for p in parts if parts.count(p) > 1})
+        if twice:
+            raise VaekitError(f"the combined score '{n}' names a score twice: {', '.join(twice)}")
         out.append(JOIN.join(parts))
     return tuple(dict.fromkeys(out))
 
@@ -130,8 +133,8 @@ def standardisation(scores: dict[str, Tensor], names) -> dict[str, tuple[float, 
     for part in components(n for n in names if JOIN in n):
         s = scores[part].double()
         if len(s) < 2:
-            raise VaekitError("a combined score standardises its parts on held-out normal data: it needs at least 2 "
-                              "normal examples")
+            raise VaekitError(f"a combined score standardises its parts on held-out normal data: it needs at least 2 "
+                              f"normal examples, got {len(s)}")
         if not torch.isfinite(s).all():
             raise VaekitError(f"{int((~torch.isfinite(s)).sum())} normal example(s) have a {part} score that is not "
                               f"finite; it cannot be standardised")
@@ -439,8 +442,10 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
     a run directory it uses RUN/prior_gmm.safetensors when present, else fits one on the run's training
     split. ``ratio`` needs ``background``: a model (or run directory) trained with ``--perturb``.
     A combined score (``"latent+complexity"``) standardises its parts on held-out normal examples:
-    ``normal`` (a tensor or an ArrayData), else a run directory's validation split, unless ``settings``
-    already holds the standardisation (a calibration's settings do).
+    ``normal`` (a tensor, or an ArrayData with labels for a conditional model), else, unless ``settings``
+    already holds the standardisation (a calibration's settings do), a run directory's validation split.
+    A standardisation belongs to the settings it was fitted with: after changing k, codec, codes or
+    components, clear it (``dataclasses.replace(settings, standardise={})``).
     ``settings`` (a ScoreSettings) replaces ``k``, ``seed``, ``steps``, ``lr`` and ``codec``.
     """
     run = model if not isinstance(model, torch.nn.Module) else None
@@ -453,7 +458,7 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
         prior = latent_prior(model, reference=reference, run=run, components=settings.components, seed=settings.seed,
                              codes=settings.codes)
     background = None if background is None else _as_model(background)
-    if JOIN in names[0] and not all(p in settings.standardise for p in parts_of(names[0])):
+    if JOIN in names[0] and (normal is not None or not all(p in settings.standardise for p in parts_of(names[0]))):
         if normal is None and run is None:
             check_standardised(names, settings)
         normal = held_out_normal(run)[1] if normal is None else normal
@@ -463,13 +468,15 @@ def score(model, x: Tensor, score: str = "nll", *, y: Tensor | None = None, k: i
 
 def fit_standardisation(model, normal, names, settings: ScoreSettings, *, prior=None, background=None,
                         progress: bool = False) -> ScoreSettings:
-    """``settings`` with the standardisation of the combined scores among ``names``: each part's mean and
-    standard deviation on ``normal`` (held-out normal examples: a tensor, or data with ``len`` and
-    ``batch``). Use examples the model (and the latent score's mixture) did not train on: in-sample scores
-    are lower and tighter than those of new normal data."""
+    """``settings`` with the standardisation of the combined scores among ``names`` ('latent+complexity' or
+    a list of names): each part's mean and standard deviation on ``normal`` (held-out normal examples: a
+    tensor, or data with ``len`` and ``batch``, with labels for a conditional model). Use examples the model
+    (and the latent score's mixture) did not train on: in-sample scores are lower and tighter than those of
+    new normal data."""
+    names = parse_scores(names)
     parts = score_data(model, _as_data(normal), components(n for n in names if JOIN in n), settings, prior,
                        progress, "standardise", background)
-    return replace(settings, standardise={**settings.standardise, **standardisation(parts, names)})
+    return replace(settings, standardise=standardisation(parts, names))
 
 
 def held_out_normal(run) -> tuple[str, object]:
@@ -531,7 +538,7 @@ def score_all(model, x: Tensor, names: tuple[str, ...], settings: ScoreSettings,
         raise VaekitError(f"examples of shape {tuple(x.shape[1:])} do not match the model's data shape {data_shape}")
     if model.config.conditional and y is None:
         raise VaekitError(f"this model is conditional on {model.config.num_classes} classes: labels are required")
-    if "complexity" in names and model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+    if "complexity" in components(names) and model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         raise VaekitError("the complexity score compares -log2 p(x) with a lossless code of the 8-bit image; a "
                           "bernoulli likelihood of grey levels is a cross-entropy, not that probability: use a run "
                           "trained with --binarize or a gaussian or laplace likelihood")
