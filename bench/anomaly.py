@@ -48,8 +48,10 @@ Run: python bench/anomaly.py [--epochs 30] [--ood-epochs 100] [--k 100] [--steps
 Cost on a 2-core CPU (Intel Xeon with AMX, bf16 training, 2026-12-07): the OOD part trains two models of about
 40 minutes each at 100 epochs; its scoring at the defaults (K = 100, regret 100 steps) covers the 6,000
 calibration images, the 10,000 test images and the 9,797 OOD images, and regret dominates it: the calibration
-alone took 65 minutes with a second job on the other core, so the whole part runs for several hours. Latent,
-nll, elbo, recon, complexity and ratio at K = 5 take about 4 minutes on one core.
+alone took 65 minutes with a second job on the other core, so the whole part runs for several hours. With the
+models trained, `--parts ood --resume --k 20` scored everything (regret at 100 steps) in 47 minutes, and its
+AUROCs matched K = 5 within 0.002 for nll, elbo and complexity. Latent, nll, elbo, recon, complexity and ratio at
+K = 5 take about 4 minutes on one core.
 """
 
 from __future__ import annotations
