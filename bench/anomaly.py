@@ -47,13 +47,12 @@ Run: python bench/anomaly.py [--epochs 30] [--ood-epochs 150] [--k 100] [--ood-k
      python bench/anomaly.py --quick   (a few minutes: class 0, small subsets, 2 epochs; checks the pipeline)
      python bench/anomaly.py --resume  (continues the training runs an interrupted bench left)
 
-Cost on a 2-core CPU (Intel Xeon with AMX, bf16 training, 2026-12-07): the OOD part trains two models of about
-60 minutes each at 150 epochs (25 s an epoch); its scoring covers the 6,000 calibration images, the 10,000 test
-images and the 9,797 OOD images, and regret dominates it. At K = 100 the calibration alone took 65 minutes with
-a second job on the other core, so the part would run for several hours; at its default --ood-k 20 (regret at 100 steps), with
-the models trained, it scored everything in 47 minutes, and its AUROCs matched K = 5 within 0.002 for nll, elbo
-and complexity. Latent, nll, elbo, recon, complexity and ratio at
-K = 5 take about 4 minutes on one core.
+Cost on a 2-core CPU (Intel Xeon with AMX, bf16 training, 2026-12-07): the OOD part trains two models of about 60
+minutes each at 150 epochs (25 s an epoch); its scoring covers the 6,000 calibration images, the 10,000 test images
+and the 9,797 OOD images, and regret dominates it. At K = 100 the calibration alone took 65 minutes with a second
+job on the other core, so the part would run for several hours; at its default --ood-k 20 (regret at 100 steps),
+with the models trained, it scored everything in 47 minutes, and its AUROCs matched K = 5 within 0.002 for nll,
+elbo and complexity. Latent, nll, elbo, recon, complexity and ratio at K = 5 take about 4 minutes on one core.
 """
 
 from __future__ import annotations
