@@ -498,6 +498,7 @@ def held_out_split(splits) -> tuple[str, object]:
 
 
 def _as_data(data):
+    """Examples as data with ``len`` and ``batch``: a tensor becomes an ArrayData; data passes through."""
     if isinstance(data, Tensor):
         from vaekit.data import ArrayData
 
@@ -603,8 +604,4 @@ def latent_prior(model, *, reference=None, run=None, components: int | None = No
     if reference is None:
         raise VaekitError("the latent score needs the aggregate posterior: pass prior= or reference= (training "
                           "examples)")
-    if isinstance(reference, Tensor):
-        from vaekit.data import ArrayData
-
-        reference = ArrayData(reference.float())
-    return fit_gmm(model, reference, components=components, seed=seed, features=codes)
+    return fit_gmm(model, _as_data(reference), components=components, seed=seed, features=codes)
