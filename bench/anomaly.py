@@ -233,8 +233,7 @@ def out_of_distribution(args, work: Path) -> tuple[list[dict], str]:
     sets = ood_sets(100 if args.quick else 2000, x_test)
     np.savez(folder / "ood.npz", x=np.concatenate(list(sets.values())))
     common = [*VAEKIT, "anomaly", out, "--ood-data", folder / "ood.npz", "-k", args.ood_k, "--steps", args.steps,
-              "--json", "--quiet",
-              "--no-figures"]
+              "--json", "--quiet", "--no-figures"]
     # the latent score over the posterior's mean and log-variance, and its sum with complexity (each standardised
     # on the run's validation split); then, cheaply (no draws), the latent score over the means alone
     run([*common, "--score", ",".join([*SCORES, COMBINED]), "--latent-codes", "mean+logvar", "--background",
@@ -338,8 +337,7 @@ def main() -> None:
     work = RESULTS / "runs" / ("anomaly-quick" if args.quick else "anomaly")
     parts = {"oneclass": one_class, "ood": out_of_distribution, "tabular": tabular}
     payload, texts = {"epochs": args.epochs, "ood_epochs": args.ood_epochs, "k": args.k, "ood_k": args.ood_k,
-                      "steps": args.steps,
-                      "quick": args.quick, "oneclass_scores": args.oneclass_scores}, []
+                      "steps": args.steps, "quick": args.quick, "oneclass_scores": args.oneclass_scores}, []
     for name in [q for q in args.parts.split(",") if q]:
         rows, text = parts[name](args, work)
         payload[name] = rows
